@@ -1,0 +1,525 @@
+"""The encoder in PyTorch. Mirrors variants/jax_model.py class by class, with the same names.
+
+Parameters are kept in the canonical layouts (Dense kernel [in, out], depthwise kernel [K, d]),
+so `state_dict()` names and arrays are the canonical weights shared with JAX.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from variants.init import init_weight
+from variants.spec import EncoderSpec, SecondPassSpec
+from variants.state import StackBuffer
+
+LN_EPS = 1e-5
+FAVOR_EPS = 1e-6
+RELU_EPS = 1e-3
+
+
+class Dense(nn.Module):
+    """x @ kernel + bias with kernel [in, out] (flax's layout)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.empty(in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(out_dim))
+
+    def forward(self, x):
+        return torch.matmul(x, self.kernel) + self.bias
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.empty(dim))
+        self.bias = nn.Parameter(torch.empty(dim))
+
+    def forward(self, x):
+        return F.layer_norm(x, x.shape[-1:], self.scale, self.bias, LN_EPS)
+
+
+class TimeReduction(nn.Module):
+    """Stacks `factor` consecutive frames and projects them to `out_dim`.
+
+    State: StackBuffer(frames [B, factor-1, in_dim], count) holds frames not yet stacked.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, factor: int):
+        super().__init__()
+        self.in_dim, self.factor = in_dim, factor
+        self.proj = Dense(factor * in_dim, out_dim)
+
+    def _stack(self, x):
+        b, t, _ = x.shape
+        n = t // self.factor
+        return self.proj(x[:, : n * self.factor].reshape(b, n, self.factor * self.in_dim))
+
+    def forward(self, x):
+        return self._stack(x)
+
+    def init_state(self, batch, like):
+        if self.factor == 1:
+            return None
+        return StackBuffer(like.new_zeros(batch, self.factor - 1, self.in_dim), 0)
+
+    def step(self, x, state):
+        if self.factor == 1:
+            return self._stack(x), state
+        x = torch.cat([state.frames[:, : state.count], x], dim=1)
+        used = (x.shape[1] // self.factor) * self.factor
+        rest = x[:, used:]
+        pad = x.new_zeros(x.shape[0], self.factor - 1 - rest.shape[1], self.in_dim)
+        return self._stack(x), StackBuffer(torch.cat([rest, pad], dim=1), rest.shape[1])
+
+
+class FeedForward(nn.Module):
+    """LayerNorm -> Dense(ffn_dim) -> Swish -> Dense(model_dim); the block adds half of it."""
+
+    def __init__(self, model_dim: int, ffn_dim: int):
+        super().__init__()
+        self.norm = LayerNorm(model_dim)
+        self.up = Dense(model_dim, ffn_dim)
+        self.down = Dense(ffn_dim, model_dim)
+
+    def forward(self, x):
+        return self.down(F.silu(self.up(self.norm(x))))
+
+
+class ConvModule(nn.Module):
+    """LayerNorm -> Dense(2d) -> GLU -> depthwise conv (kernel K) -> LayerNorm -> Swish -> Dense(d).
+
+    causal=True pads K-1 frames on the left; state conv [B, K-1, d] holds the conv's last K-1
+    inputs. causal=False (second pass) pads symmetrically and has no state.
+    """
+
+    def __init__(self, model_dim: int, kernel_size: int, causal: bool = True):
+        super().__init__()
+        self.model_dim, self.kernel_size, self.causal = model_dim, kernel_size, causal
+        self.norm = LayerNorm(model_dim)
+        self.pointwise_in = Dense(model_dim, 2 * model_dim)
+        self.depthwise_kernel = nn.Parameter(torch.empty(kernel_size, model_dim))
+        self.depthwise_bias = nn.Parameter(torch.empty(model_dim))
+        self.conv_norm = LayerNorm(model_dim)
+        self.pointwise_out = Dense(model_dim, model_dim)
+
+    def _glu(self, x):
+        a, gate = self.pointwise_in(self.norm(x)).chunk(2, dim=-1)
+        return a * torch.sigmoid(gate)
+
+    def _depthwise(self, x):  # x already padded: [B, T + K - 1, d] -> [B, T, d]
+        weight = self.depthwise_kernel.t().unsqueeze(1)  # [d, 1, K]
+        y = F.conv1d(x.transpose(1, 2), weight, self.depthwise_bias, groups=self.model_dim)
+        return y.transpose(1, 2)
+
+    def _finish(self, y):
+        return self.pointwise_out(F.silu(self.conv_norm(y)))
+
+    def forward(self, x):
+        g = self._glu(x)
+        k = self.kernel_size
+        left = k - 1 if self.causal else (k - 1) // 2
+        g = F.pad(g, (0, 0, left, k - 1 - left))
+        return self._finish(self._depthwise(g))
+
+    def init_state(self, batch, like):
+        return like.new_zeros(batch, self.kernel_size - 1, self.model_dim)
+
+    def step(self, x, state):
+        g = torch.cat([state, self._glu(x)], dim=1)
+        return self._finish(self._depthwise(g)), g[:, g.shape[1] - (self.kernel_size - 1):]
+
+
+def _split_heads(x, num_heads):
+    b, t, d = x.shape
+    return x.reshape(b, t, num_heads, d // num_heads)
+
+
+class LocalAttention(nn.Module):
+    """Multi-head softmax self-attention over offsets [-right, left] with a learned relative bias.
+
+    The causal first pass uses right=0; state k/v [B, left, heads, head_dim] and valid [B, left].
+    """
+
+    def __init__(self, model_dim: int, num_heads: int, left: int, right: int = 0):
+        super().__init__()
+        self.model_dim, self.num_heads, self.left, self.right = model_dim, num_heads, left, right
+        self.norm = LayerNorm(model_dim)
+        self.qkv = Dense(model_dim, 3 * model_dim)
+        self.out = Dense(model_dim, model_dim)
+        self.rel_bias = nn.Parameter(torch.empty(num_heads, left + right + 1))
+
+    def _project(self, x):
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
+        return _split_heads(q, self.num_heads), _split_heads(k, self.num_heads), _split_heads(v, self.num_heads)
+
+    def _attend(self, q, k, v, offsets, mask):
+        scale = 1.0 / math.sqrt(self.model_dim // self.num_heads)
+        scores = torch.einsum("bthd,bshd->bhts", q, k) * scale
+        index = torch.as_tensor(np.clip(offsets + self.right, 0, self.left + self.right), device=q.device)
+        scores = scores + self.rel_bias[:, index][None]
+        scores = scores.masked_fill(~mask[:, None], torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+        y = torch.einsum("bhts,bshd->bthd", probs, v)
+        return self.out(y.reshape(y.shape[0], y.shape[1], self.model_dim))
+
+    def forward(self, x):
+        q, k, v = self._project(x)
+        t = x.shape[1]
+        offsets = np.arange(t)[:, None] - np.arange(t)[None, :]
+        mask = torch.as_tensor((offsets <= self.left) & (offsets >= -self.right), device=x.device)[None]
+        return self._attend(q, k, v, offsets, mask)
+
+    def init_state(self, batch, like):
+        shape = (batch, self.left, self.num_heads, self.model_dim // self.num_heads)
+        return {"k": like.new_zeros(shape), "v": like.new_zeros(shape),
+                "valid": torch.zeros(batch, self.left, dtype=torch.bool, device=like.device)}
+
+    def step(self, x, state):
+        q, k, v = self._project(x)
+        b, t = x.shape[:2]
+        keys = torch.cat([state["k"], k], dim=1)
+        values = torch.cat([state["v"], v], dim=1)
+        valid = torch.cat([state["valid"], torch.ones(b, t, dtype=torch.bool, device=x.device)], dim=1)
+        offsets = (self.left + np.arange(t))[:, None] - np.arange(self.left + t)[None, :]
+        band = torch.as_tensor((offsets >= 0) & (offsets <= self.left), device=x.device)
+        mask = band[None] & valid[:, None, :]
+        y = self._attend(q, keys, values, offsets, mask)
+        return y, {"k": keys[:, t:], "v": values[:, t:], "valid": valid[:, t:]}
+
+
+# ---- Performer (FAVOR+) ------------------------------------------------------------------------
+def favor_features(x, projection, kernel: str, is_query: bool):
+    """phi(x) for x [B, T, H, dh] (scaled by dh^-1/4), projection [m, dh] -> [B, T, H, m].
+
+    Same stabilizer as the JAX model: per-token max for queries (cancels), none for keys (bounded
+    by exp(|w|^2/2)).
+    """
+    m = projection.shape[0]
+    wx = torch.einsum("bthd,md->bthm", x, projection)
+    if kernel == "relu":
+        return F.relu(wx) / math.sqrt(m) + RELU_EPS
+    logits = wx - 0.5 * torch.sum(x * x, dim=-1, keepdim=True)
+    if is_query:
+        logits = logits - torch.amax(logits, dim=-1, keepdim=True).detach()
+    return (torch.exp(logits) + FAVOR_EPS) / math.sqrt(m)
+
+
+def favor_prefix_sum(pq, pk, v):
+    s = torch.cumsum(torch.einsum("bthm,bthd->bthmd", pk, v), dim=1)
+    z = torch.cumsum(pk, dim=1)
+    num = torch.einsum("bthm,bthmd->bthd", pq, s)
+    den = torch.einsum("bthm,bthm->bth", pq, z)
+    return num / den[..., None]
+
+
+def favor_quadratic(pq, pk, v):
+    t = pq.shape[1]
+    a = torch.einsum("bthm,bshm->bhts", pq, pk) * torch.tril(torch.ones(t, t, dtype=pq.dtype, device=pq.device))
+    return torch.einsum("bhts,bshd->bthd", a, v) / a.sum(-1).permute(0, 2, 1)[..., None]
+
+
+def favor_step(pq, pk, v, s, z):
+    t = pq.shape[1]
+    a = torch.einsum("bthm,bshm->bhts", pq, pk) * torch.tril(torch.ones(t, t, dtype=pq.dtype, device=pq.device))
+    num = torch.einsum("bthm,bhmd->bthd", pq, s) + torch.einsum("bhts,bshd->bthd", a, v)
+    den = torch.einsum("bthm,bhm->bth", pq, z) + a.sum(-1).permute(0, 2, 1)
+    s = s + torch.einsum("bshm,bshd->bhmd", pk, v)
+    z = z + pk.sum(1)
+    return num / den[..., None], s, z
+
+
+class PerformerAttention(nn.Module):
+    """RNNAttention-Performer: causal FAVOR+ attention as a recurrence; state s [B,H,m,dh], z [B,H,m]."""
+
+    def __init__(self, model_dim: int, num_heads: int, num_features: int, kernel: str = "softmax"):
+        super().__init__()
+        self.model_dim, self.num_heads, self.num_features, self.kernel = model_dim, num_heads, num_features, kernel
+        self.norm = LayerNorm(model_dim)
+        self.qkv = Dense(model_dim, 3 * model_dim)
+        self.out = Dense(model_dim, model_dim)
+        self.features = nn.Parameter(torch.empty(num_features, model_dim // num_heads), requires_grad=False)
+
+    def _phi(self, x):
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
+        scale = (self.model_dim // self.num_heads) ** -0.25
+        q, k, v = (_split_heads(a, self.num_heads) for a in (q, k, v))
+        pq = favor_features(q * scale, self.features, self.kernel, is_query=True)
+        pk = favor_features(k * scale, self.features, self.kernel, is_query=False)
+        return pq, pk, v
+
+    def _out(self, y):
+        return self.out(y.reshape(y.shape[0], y.shape[1], self.model_dim))
+
+    def forward(self, x):
+        return self._out(favor_prefix_sum(*self._phi(x)))
+
+    def quadratic(self, x):
+        return self._out(favor_quadratic(*self._phi(x)))
+
+    def init_state(self, batch, like):
+        dh = self.model_dim // self.num_heads
+        return {"s": like.new_zeros(batch, self.num_heads, self.num_features, dh),
+                "z": like.new_zeros(batch, self.num_heads, self.num_features)}
+
+    def step(self, x, state):
+        y, s, z = favor_step(*self._phi(x), state["s"], state["z"])
+        return self._out(y), {"s": s, "z": z}
+
+
+# ---- blocks and encoder -----------------------------------------------------------------------
+_ATTN_KEYS = ("k", "v", "valid", "s", "z")
+
+
+class Block(nn.Module):
+    """One encoder block: optional time reduction, then the sub-layers in spec.block_order."""
+
+    def __init__(self, spec: EncoderSpec, index: int):
+        super().__init__()
+        self.spec, d = spec, spec.model_dim
+        factor = spec.reduction_before(index)
+        self.stack = TimeReduction(d, d, factor) if index > 0 and factor > 1 else None
+        self.ffn = nn.ModuleList(FeedForward(d, spec.ffn_dim) for _ in range(spec.block_order.count("ffn")))
+        self.conv = ConvModule(d, spec.conv_kernel, True)
+        self.mhsa = None
+        if spec.block_kinds[index] == "conformer":
+            if spec.attention == "local":
+                self.mhsa = LocalAttention(d, spec.num_heads, spec.left_context, 0)
+            else:
+                self.mhsa = PerformerAttention(d, spec.num_heads, spec.performer_features, spec.performer_kernel)
+        self.norm = LayerNorm(d) if "norm" in spec.block_order else None
+
+    def _run(self, x, state, streaming: bool):
+        new_state = {}
+        if self.stack is not None:
+            if streaming:
+                x, new_state["stack"] = self.stack.step(x, state["stack"])
+            else:
+                x = self.stack(x)
+        if streaming and x.shape[1] == 0:
+            return x, {**state, **new_state}
+        ffn_index = 0
+        for name in self.spec.block_order:
+            if name == "ffn":
+                x = x + 0.5 * self.ffn[ffn_index](x)
+                ffn_index += 1
+            elif name == "conv":
+                if streaming:
+                    y, new_state["conv"] = self.conv.step(x, state["conv"])
+                else:
+                    y = self.conv(x)
+                x = x + y
+            elif name == "mhsa" and self.mhsa is not None:
+                if streaming:
+                    y, attn_state = self.mhsa.step(x, {k: state[k] for k in _ATTN_KEYS if k in state})
+                    new_state.update(attn_state)
+                else:
+                    y = self.mhsa(x)
+                x = x + y
+            elif name == "norm":
+                x = self.norm(x)
+        return x, new_state
+
+    def forward(self, x):
+        return self._run(x, None, streaming=False)[0]
+
+    def step(self, x, state):
+        return self._run(x, state, streaming=True)
+
+    def init_state(self, batch, like):
+        state = {}
+        if self.stack is not None:
+            state["stack"] = self.stack.init_state(batch, like)
+        state["conv"] = self.conv.init_state(batch, like)
+        if self.mhsa is not None:
+            state.update(self.mhsa.init_state(batch, like))
+        return state
+
+
+class SecondPassBlock(nn.Module):
+    """Non-causal Conformer block: FF/2 -> conv (same padding) -> full attention -> FF/2 -> LN."""
+
+    def __init__(self, sp: SecondPassSpec):
+        super().__init__()
+        d = sp.model_dim
+        self.ffn1 = FeedForward(d, sp.ffn_dim)
+        self.conv = ConvModule(d, sp.conv_kernel, False)
+        self.mhsa = LocalAttention(d, sp.num_heads, sp.segment_frames - 1, sp.segment_frames - 1)
+        self.ffn2 = FeedForward(d, sp.ffn_dim)
+        self.norm = LayerNorm(d)
+
+    def forward(self, x):
+        x = x + 0.5 * self.ffn1(x)
+        x = x + self.conv(x)
+        x = x + self.mhsa(x)
+        x = x + 0.5 * self.ffn2(x)
+        return self.norm(x)
+
+
+class SecondPass(nn.Module):
+    """Cascade second pass over first-pass outputs, segment by segment."""
+
+    def __init__(self, sp: SecondPassSpec, input_dim: int):
+        super().__init__()
+        self.sp = sp
+        self.proj = Dense(input_dim, sp.model_dim)
+        self.blocks = nn.ModuleList(SecondPassBlock(sp) for _ in range(sp.num_blocks))
+
+    def encode_segment(self, x):
+        x = self.proj(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward(self, y):
+        s = self.sp.segment_frames
+        return torch.cat([self.encode_segment(y[:, i: i + s]) for i in range(0, y.shape[1], s)], dim=1)
+
+
+class Encoder(nn.Module):
+    """The causal first pass: input stacking layer, then the blocks. x [B, T, input_dim] -> [B, T', d]."""
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__()
+        self.spec = spec
+        self.input = TimeReduction(spec.input_dim, spec.model_dim, spec.input_stack)
+        self.blocks = nn.ModuleList(Block(spec, i) for i in range(spec.num_blocks))
+        self.second_pass = SecondPass(spec.second_pass, spec.model_dim) if spec.second_pass else None
+
+    def forward(self, x):
+        x = self.input(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def init_state(self, batch):
+        like = self.input.proj.kernel
+        return {"input": self.input.init_state(batch, like),
+                "blocks": tuple(b.init_state(batch, like) for b in self.blocks)}
+
+    def step(self, x, state):
+        x, input_state = self.input.step(x, state["input"])
+        block_states = []
+        for block, block_state in zip(self.blocks, state["blocks"]):
+            x, block_state = block.step(x, block_state)
+            block_states.append(block_state)
+        return x, {"input": input_state, "blocks": tuple(block_states)}
+
+
+# ---- numpy-in/numpy-out wrapper ---------------------------------------------------------------
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _state_tensors(state):
+    if isinstance(state, StackBuffer):
+        yield state.frames
+    elif isinstance(state, dict):
+        for value in state.values():
+            yield from _state_tensors(value)
+    elif isinstance(state, (tuple, list)):
+        for value in state:
+            yield from _state_tensors(value)
+    elif isinstance(state, torch.Tensor):
+        yield state
+
+
+class TorchEncoder:
+    """Numpy-in/numpy-out encoder (see variants.build); `module` is the nn.Module."""
+
+    framework = "torch"
+
+    def __init__(self, spec: EncoderSpec, seed: int = 0, dtype: str = "float32", device=None):
+        self.spec, self.dtype = spec, dtype
+        self.device = device if device is not None else torch.device("cpu")
+        self._tdtype = _DTYPES[dtype]
+        self.module = Encoder(spec).eval()
+        with torch.no_grad():
+            for name, p in self.module.named_parameters():
+                p.copy_(torch.from_numpy(init_weight(name, tuple(p.shape), seed)))
+        self.module.to(device=self.device, dtype=self._tdtype)
+
+    def _put(self, x):
+        return torch.from_numpy(np.array(x, np.float32)).to(device=self.device, dtype=self._tdtype)
+
+    @staticmethod
+    def _numpy(y):
+        return y.detach().float().cpu().numpy()
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self._numpy(self.module(self._put(x)))
+
+    def second_pass_forward(self, y: np.ndarray) -> np.ndarray:
+        if self.module.second_pass is None:
+            raise ValueError("this variant has no second pass (spec.second_pass is None)")
+        with torch.inference_mode():
+            return self._numpy(self.module.second_pass(self._put(y)))
+
+    def init_state(self, batch: int):
+        with torch.inference_mode():
+            return self.module.init_state(batch)
+
+    def step(self, x_chunk: np.ndarray, state):
+        y, state = self.native_step(self._put(x_chunk), state)
+        return self._numpy(y), state
+
+    # harness hooks
+    def native_input(self, batch: int, frames: int):
+        return self._put(np.random.default_rng(0).standard_normal((batch, frames, self.spec.input_dim), np.float32))
+
+    def native_step(self, x, state):
+        with torch.inference_mode():
+            return self.module.step(x, state)
+
+    def sync(self, tree):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "xla":  # lazy tensors: materialise the outputs themselves
+            import torch_xla.core.xla_model as xm
+
+            xm.mark_step()
+            xm.wait_device_ops()
+        return tree
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def state_bytes(self, batch: int) -> int:
+        return sum(t.nbytes for t in _state_tensors(self.init_state(batch)))
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {name: p.detach().float().cpu().numpy() for name, p in self.module.named_parameters()}
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        own = dict(self.module.named_parameters())
+        if missing := set(own) - set(weights):
+            raise ValueError(f"load_weights: missing {sorted(missing)[:5]} ({len(missing)} in all)")
+        if extra := set(weights) - set(own):
+            raise ValueError(f"load_weights: unexpected {sorted(extra)[:5]} ({len(extra)} in all)")
+        with torch.no_grad():
+            for name, p in own.items():
+                if tuple(weights[name].shape) != tuple(p.shape):
+                    raise ValueError(f"load_weights: {name} has shape {weights[name].shape}, expected {tuple(p.shape)}")
+                p.copy_(torch.as_tensor(weights[name]).to(p.dtype))
+
+
+def torch_device(name: str | None) -> torch.device:
+    """"cpu", "gpu" (CUDA) or "tpu" (torch_xla, only if installed); None -> cpu."""
+    if name in (None, "cpu"):
+        return torch.device("cpu")
+    if name == "gpu" and torch.cuda.is_available():
+        return torch.device("cuda")
+    if name == "tpu":
+        try:
+            import torch_xla.core.xla_model as xm
+
+            return xm.xla_device()
+        except ImportError:
+            pass
+    available = ["cpu"] + (["gpu"] if torch.cuda.is_available() else [])
+    raise ValueError(f"device {name!r} is not available to PyTorch; available: {', '.join(available)}")
