@@ -506,8 +506,8 @@ class JaxEncoder:
         return np.asarray(self._second(self.params, self._put(y)), np.float32)
 
     def init_state(self, batch: int):
-        with jax.default_device(self.device):
-            return self.module.apply({"params": self.params}, batch, method=Encoder.init_state)
+        state = self.module.apply({"params": self.params}, batch, method=Encoder.init_state)
+        return jax.device_put(state, self.device)  # committed like the step's outputs: one jit cache entry
 
     def step(self, x_chunk: np.ndarray, state):
         y, state = self._step(self.params, self._put(x_chunk), state)

@@ -505,7 +505,7 @@ class TorchEncoder:
             for name, p in own.items():
                 if tuple(weights[name].shape) != tuple(p.shape):
                     raise ValueError(f"load_weights: {name} has shape {weights[name].shape}, expected {tuple(p.shape)}")
-                p.copy_(torch.as_tensor(weights[name]).to(p.dtype))
+                p.copy_(torch.from_numpy(np.array(weights[name], np.float32)).to(p.dtype))
 
 
 def torch_device(name: str | None) -> torch.device:

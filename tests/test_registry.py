@@ -1,0 +1,48 @@
+import warnings
+
+import pytest
+
+import variants
+from variants import registry
+
+LADDER = ["baseline", "conv_lower", "conv_lower_downsized", "practical", "practical_cascade"]
+
+
+def test_names_start_with_the_ladder_and_hold_every_paper_variant():
+    names = variants.names()
+    assert names[: len(LADDER)] == LADDER
+    assert {"baseline", "conv_lower", "downsized", "performer", "practical", "cascade", "practical_cascade"} <= set(names)
+
+
+def test_unknown_variant_lists_valid_names():
+    with pytest.raises(variants.UnknownVariantError) as err:
+        variants.get("nope")
+    message = str(err.value)
+    assert "nope" in message and all(n in message for n in variants.names())
+    assert isinstance(err.value, (KeyError, ValueError))
+
+
+def test_select_all_glob_and_lists_keep_ladder_order():
+    assert variants.select("all") == variants.names()
+    assert variants.select("perf*") == ["performer"]
+    assert variants.select("practical*") == ["practical", "practical_cascade"]
+    assert variants.select("performer,baseline") == ["baseline", "performer"]
+    with pytest.raises(variants.UnknownVariantError, match="no variant matches 'zzz\\*'"):
+        variants.select("zzz*")
+    with pytest.raises(variants.UnknownVariantError, match="unknown variant 'nope'"):
+        variants.select("baseline,nope")
+
+
+def test_register_adds_a_variant_and_warns_on_duplicate(monkeypatch):
+    monkeypatch.setattr(registry, "_VARIANTS", dict(registry._VARIANTS))
+
+    @variants.register("tiny test variant")
+    def my_variant():
+        return variants.EncoderSpec(num_blocks=2)
+
+    assert variants.names()[-1] == "my_variant"
+    assert variants.get("my_variant").spec.num_blocks == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        variants.register("again")(my_variant)
+    assert any("registered twice" in str(w.message) for w in caught)
