@@ -1,0 +1,86 @@
+"""bench.plots: every figure is written as a non-empty PNG and SVG, from one run or several merged."""
+
+import matplotlib
+import pandas as pd
+import pytest
+
+from bench import plots
+from synthetic_runs import records
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_written(paths, names):
+    by_name = {(p.stem, p.suffix) for p in paths}
+    for name in names:
+        for suffix in (".png", ".svg"):
+            assert (name, suffix) in by_name, f"{name}{suffix} not written"
+    for path in paths:
+        data = path.read_bytes()
+        assert len(data) > 1000, path
+        if path.suffix == ".png":
+            assert data.startswith(PNG_MAGIC)
+        else:
+            assert b"<svg" in data[:2000]
+
+
+def test_plot_all_writes_png_and_svg_for_every_plot(tmp_path):
+    backend = matplotlib.get_backend()
+    paths = plots.plot_all(records(failed=("performer",)), tmp_path)
+    _assert_written(paths, plots.PLOTS)  # state_vs_left_context included: variants.analytic is importable
+    assert len(paths) == 2 * len(plots.PLOTS)
+    assert matplotlib.get_backend() == backend  # drawing never switches a notebook's backend
+
+
+def test_two_devices_and_roofs_from_the_run_metadata(tmp_path):
+    cpu = records(device="cpu", peaks=False).assign(run="cpu-run")
+    tpu = records(device="tpu", device_name="TPU v5e", slowdown=0.1, peaks=False).assign(run="tpu-run")
+    df = pd.concat([cpu, tpu], ignore_index=True)
+    metas = [{"roofline": {"flops_per_s": 1e11, "bytes_per_s": 2e10}}, {"roofline_peak_flops": 2e14,
+                                                                        "roofline_bandwidth_bytes_s": 8e11}]
+    assert plots.machine_roofs(df, metas) == {"cpu": (1e11, 2e10), "tpu": (2e14, 8e11)}
+    # One metadata block for two runs cannot be attributed: no roofs rather than wrong ones.
+    assert plots.machine_roofs(df, metas[:1]) == {}
+    figures = plots.figures(df, metas)
+    assert set(figures) == set(plots.PLOTS)
+    titles = [ax.get_title() for ax in figures["latency_per_variant"].axes]
+    assert "tpu, batch 4" in titles and "cpu, batch 1" in titles  # one panel row per device
+
+
+def test_roofs_come_from_the_peaks_bench_measure_records():
+    assert plots.machine_roofs(records()) == {"cpu": (5e10, 1e10)}
+
+
+def test_roofline_is_drawn_without_machine_numbers():
+    fig = plots.roofline(records(peaks=False))
+    assert fig is not None
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("not recorded" in t for t in texts)
+
+
+def test_every_failed_run_still_plots_what_it_can():
+    df = records(failed=tuple(records()["variant"].unique()))
+    names = set(plots.figures(df))
+    assert {"latency_per_variant", "speedup_vs_baseline", "state_vs_left_context"} <= names
+    assert "roofline" not in names  # nothing measured to place on it
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = pd.DataFrame({"latency": [1.0, 2.0, 3.0, 2.5], "params": [100.0, 50.0, 10.0, 60.0]})
+    front = plots.pareto_front(pts, "latency", "params")
+    assert list(front.index) == [0, 1, 2]
+
+
+def test_variant_colours_are_stable_across_figures():
+    assert plots.variant_colours(["a", "b", "c"])["b"] == plots.variant_colours(["a", "b"])["b"]
+
+
+@pytest.mark.parametrize("name", ["latency_per_variant", "speedup_vs_baseline", "latency_vs_batch",
+                                  "params_vs_latency", "roofline"])
+def test_axes_are_labelled_with_units(name):
+    fig = plots.PLOTS[name](records())
+    for ax in fig.axes:
+        assert ax.get_ylabel() or ax.get_subplotspec().colspan.start > 0
+        assert ax.get_xlabel() or ax.get_subplotspec().rowspan.stop < ax.get_gridspec().nrows
+    labels = " ".join(ax.get_ylabel() + ax.get_xlabel() for ax in fig.axes)
+    assert "(" in labels  # a unit in parentheses: (ms), (x), (M), (FLOP/byte)

@@ -1,0 +1,180 @@
+"""bench.report: the paper table, its three renderings, and the asv-style comparison of two runs."""
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import variants
+from bench import report
+from synthetic_runs import raw_times, records, write_run
+
+LADDER = ["baseline", "conv_lower", "conv_lower_downsized", "practical", "practical_cascade"]
+
+
+def test_rows_follow_the_ladder_whatever_the_record_order():
+    table = report.paper_table(records(shuffle=True, seed=3))
+    assert list(table.index) == variants.names()
+    assert list(table.index[:5]) == LADDER  # the ablation ladder first, the single ideas after
+
+
+def test_columns_per_framework_mode_and_batch_in_reading_order():
+    table = report.paper_table(records())
+    assert list(table.columns[:3]) == ["params (M)", "GFLOPs/step/stream", "state KB/stream"]
+    assert list(table.columns[3:9]) == [
+        "jax/jit b=1: p50 (ms)", "jax/jit b=1: p90 (ms)", "jax/jit b=1: speedup (x)",
+        "jax/jit b=4: p50 (ms)", "jax/jit b=4: p90 (ms)", "jax/jit b=4: speedup (x)",
+    ]
+    assert "torch/eager b=4: speedup (x)" in table.columns
+    assert "device" not in table.columns  # one machine: no device column
+
+
+def test_units_of_the_static_columns():
+    df = records()
+    table = report.paper_table(df)
+    base = df[(df.variant == "baseline") & (df.batch == 4)].iloc[0]
+    assert table.loc["baseline", "params (M)"] == pytest.approx(base.params / 1e6)
+    assert table.loc["baseline", "GFLOPs/step/stream"] == pytest.approx(base.flops_per_step / 4 / 1e9)
+    assert table.loc["baseline", "state KB/stream"] == pytest.approx(base.state_bytes_per_stream / 1e3)
+
+
+def test_speedup_is_baseline_p50_over_variant_p50_in_the_same_setting():
+    df = records()
+    table = report.paper_table(df)
+    p50 = df.set_index(["variant", "framework", "batch"])["latency_ms_p50"]
+    assert table.loc["baseline", "torch/eager b=4: speedup (x)"] == pytest.approx(1.0)
+    expected = p50["baseline", "torch", 4] / p50["practical", "torch", 4]
+    assert table.loc["practical", "torch/eager b=4: speedup (x)"] == pytest.approx(expected)
+
+
+def test_the_runners_speedup_wins_over_a_recomputed_one():
+    df = records()
+    df.loc[df.variant == "practical", "speedup_vs_baseline"] = 9.0
+    assert report.paper_table(df).loc["practical", "jax/jit b=1: speedup (x)"] == 9.0
+
+
+def test_failed_rows_show_failed_and_keep_their_analytic_numbers():
+    table = report.paper_table(records(failed=("performer",)))
+    assert table.loc["performer", "jax/jit b=1: p50 (ms)"] == "failed"
+    assert table.loc["performer", "torch/eager b=4: speedup (x)"] == "failed"
+    assert table.loc["performer", "params (M)"] > 100
+
+
+def test_two_devices_merge_with_a_device_column_and_separate_baselines():
+    cpu = records(device="cpu", device_name="Host CPU")
+    tpu = records(device="tpu", device_name="TPU v5e", slowdown=0.1)
+    tpu.loc[tpu.variant == "baseline", "latency_ms_p50"] *= 2  # the TPU ladder has its own baseline
+    table = report.paper_table(pd.concat([cpu, tpu], ignore_index=True))
+    assert "device" in table.columns
+    assert sorted(table["device"].unique()) == ["cpu", "tpu"]
+    assert len(table) == 2 * len(variants.names())
+    on_tpu = table[table["device"] == "tpu"]
+    on_cpu = table[table["device"] == "cpu"]
+    assert list(on_tpu.index) == variants.names()
+    assert on_tpu.loc["practical", "jax/jit b=1: speedup (x)"] == pytest.approx(
+        2 * on_cpu.loc["practical", "jax/jit b=1: speedup (x)"])
+
+
+def test_two_hosts_of_the_same_kind_are_told_apart_by_name():
+    a = records(device="cpu", device_name="Xeon A")
+    b = records(device="cpu", device_name="EPYC B")
+    table = report.paper_table(pd.concat([a, b], ignore_index=True))
+    assert set(table["device"]) == {"cpu (Xeon A)", "cpu (EPYC B)"}
+
+
+def test_render_markdown_says_which_counter_produced_each_number():
+    text = report.render_table(records(failed=("performer",)), "markdown")
+    header = text.split("\n\n")[0]
+    assert "analytic" in header and "FLOPs = 2 x multiply-adds" in header
+    assert "XLA cost analysis" in header and "FlopCounterMode" in header and "fvcore" in header
+    table_lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table_lines) == 2 + len(variants.names())
+    assert table_lines[2].startswith("| baseline ")
+    assert "failed" in text
+
+
+def test_render_csv_reads_back_with_pandas():
+    df = records()
+    text = report.render_table(df, "csv")
+    assert text.startswith("# ")
+    back = pd.read_csv(io.StringIO(text), comment="#", index_col="variant")
+    assert list(back.index) == variants.names()
+    assert back.loc["baseline", "jax/jit b=1: speedup (x)"] == pytest.approx(1.0)
+
+
+def test_render_latex_is_a_booktabs_tabular_with_escaped_names():
+    text = report.render_table(records(), "latex")
+    assert text.startswith("% ")
+    assert "\\begin{tabular}" in text and "\\toprule" in text and "\\bottomrule" in text
+    assert "conv\\_lower\\_downsized" in text
+
+
+def test_render_rejects_an_unknown_format():
+    with pytest.raises(ValueError, match="markdown, csv, latex"):
+        report.render_table(records(), "html")
+
+
+# ---- compare_runs ------------------------------------------------------------------------------------
+
+def _key(variant, framework="jax", mode="jit", device="cpu", batch=1):
+    return (variant, framework, mode, device, batch)
+
+
+def test_compare_flags_a_2x_slowdown_and_leaves_identical_runs_alone():
+    names = ["baseline", "practical"]
+    a = records(names=names)
+    b = records(names=names)
+    b.loc[b.variant == "practical", "latency_ms_p50"] *= 2
+    rng = np.random.default_rng(0)
+    base = rng.lognormal(np.log(2e-3), 0.05, 500)
+    raw_a, raw_b = {}, {}
+    for rec in a.to_dict("records"):
+        key = report.row_key(rec)
+        raw_a[key] = list(base * rng.lognormal(0, 0.01, 500))
+        raw_b[key] = list(base * rng.lognormal(0, 0.01, 500) * (2.0 if rec["variant"] == "practical" else 1.0))
+    raw_b[_key("baseline")] = raw_a[_key("baseline")]  # exactly the same samples
+
+    out = report.compare_runs(a, raw_a, b, raw_b).set_index(list(report.ROW_KEY))
+    slower = out.loc[_key("practical")]
+    assert slower["mark"] == "+"
+    assert slower["latency_ms_p50 B/A"] == pytest.approx(2.0)
+    assert slower["p_value"] < report.P_THRESHOLD
+    assert out.loc[_key("baseline"), "mark"] == "~"
+    assert out.loc[_key("baseline"), "latency_ms_p50 B/A"] == pytest.approx(1.0)
+    assert list(out.reset_index()["variant"].unique()) == names  # ladder order
+
+
+def test_compare_marks_faster_failed_and_untestable_rows():
+    names = ["baseline", "practical", "performer"]
+    a = records(names=names)
+    b = records(names=names, failed=("performer",), slowdown=0.5)
+    raw_a = {report.row_key(r): list(np.full(50, 2e-3) + np.linspace(0, 1e-4, 50)) for r in a.to_dict("records")}
+    raw_b = {k: list(np.asarray(v) / 2) for k, v in raw_a.items() if k[0] != "baseline"}
+    out = report.compare_runs(a, raw_a, b, raw_b).set_index(list(report.ROW_KEY))
+    assert out.loc[_key("practical"), "mark"] == "-"
+    assert out.loc[_key("performer"), "mark"] == "x"
+    assert out.loc[_key("baseline"), "mark"] == "?"  # no raw times in B
+
+
+def test_compare_only_matches_rows_present_in_both_runs():
+    a = records(names=["baseline", "practical"])
+    b = records(names=["baseline"])
+    out = report.compare_runs(a, {}, b, {})
+    assert set(out["variant"]) == {"baseline"}
+    assert len(out) == len(b)
+
+
+def test_compare_reads_run_folders_written_by_bench_results(tmp_path):
+    from bench.results import load_raw_times, load_run
+
+    names = ["baseline", "practical"]
+    a, b = records(names=names), records(names=names, slowdown=2.0)
+    write_run(tmp_path / "a", a, raw_times(a, n=100, seed=1))
+    write_run(tmp_path / "b", b, raw_times(b, n=100, seed=2))
+    (_, df_a), (_, df_b) = load_run(tmp_path / "a"), load_run(tmp_path / "b")
+    out = report.compare_runs(df_a, load_raw_times(tmp_path / "a"), df_b, load_raw_times(tmp_path / "b"))
+    assert len(out) == len(a)
+    assert set(out["mark"]) == {"+"}
+    text = report.render_comparison(out, "markdown")
+    assert "Mann-Whitney" in text and "| baseline" in text
