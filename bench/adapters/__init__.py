@@ -1,0 +1,63 @@
+"""Per-framework adapters behind one small interface; `load(framework)` imports one lazily.
+
+An adapter module has `prepare(spec, *, batch, chunk_frames, dtype, device, native_device, mode,
+seed) -> Session`. The session owns the built encoder, the compiled step and its input chunk, and
+`bench.measure` drives it without importing any framework.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable, Iterator, Protocol
+
+MODES = {"jax": ("jit",), "torch": ("eager", "compile")}
+DEFAULT_MODE = {"jax": "jit", "torch": "eager"}
+
+
+class Session(Protocol):
+    encoder: Any  # what variants.build returned
+    mode: str
+    compile_s: float | None  # ahead-of-time compile (JAX) or torch.compile's first calls; None in eager
+    device_name: str
+
+    def initial_state(self) -> Any: ...  # a fresh streaming state for the batch
+    def step(self, state: Any) -> tuple[Any, Any]: ...  # one chunk: (outputs, new_state)
+    def sync(self, tree: Any) -> None: ...  # block until every array in tree is computed
+    def all_finite(self, tree: Any) -> bool: ...
+    def state_nbytes(self, state: Any) -> int: ...  # bytes of the real state arrays
+    def count_flops(self) -> dict[str, Any]: ...  # source -> bench.counters.FlopCount
+    def peaks(self) -> Any: ...  # bench.roofline.Peaks of the device
+    def second_pass_step(self) -> Callable[[], Any] | None: ...  # encodes one segment, synchronised
+
+
+def load(framework: str):
+    if framework not in MODES:
+        raise ValueError(f"framework={framework!r} is not one of {tuple(MODES)}")
+    return importlib.import_module(f"bench.adapters.{framework}_adapter")
+
+
+def resolve_mode(framework: str, mode: str | None) -> str:
+    if framework not in MODES:
+        raise ValueError(f"framework={framework!r} is not one of {tuple(MODES)}")
+    mode = mode or DEFAULT_MODE[framework]
+    if mode not in MODES[framework]:
+        raise ValueError(f"mode={mode!r} is not one of {MODES[framework]} for {framework}")
+    return mode
+
+
+def leaves(tree: Any) -> Iterator[Any]:
+    """Array leaves of a state/output tree of dicts, tuples, lists and dataclasses (ints skipped)."""
+    if tree is None or isinstance(tree, (int, float, bool, str)):
+        return
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from leaves(value)
+    elif isinstance(tree, (tuple, list)):
+        for value in tree:
+            yield from leaves(value)
+    elif dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        for f in dataclasses.fields(tree):
+            yield from leaves(getattr(tree, f.name))
+    else:
+        yield tree

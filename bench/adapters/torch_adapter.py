@@ -1,0 +1,135 @@
+"""PyTorch adapter: eager or torch.compile step, correct sync per backend, FlopCounterMode and fvcore.
+
+"eager" runs `enc.native_step` (inference_mode) as is. "compile" wraps `enc.module.step` in
+torch.compile and times its first calls as `compile_s` (Dynamo traces and Inductor compiles on the
+first call; a second call may recompile once the state's guards change), so no timed step compiles.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+import variants
+from bench import counters, roofline
+from bench.adapters import leaves
+from bench.devices import device_name
+
+COMPILE_CALLS = 2  # calls timed as compile_s in "compile" mode
+
+
+class _StepForTrace(torch.nn.Module):
+    """The step as a module of flat tensors, which fvcore's torch.jit tracing needs.
+
+    Non-tensor leaves of the state (e.g. a buffer's frame count) are closed over as constants."""
+
+    def __init__(self, module: torch.nn.Module, state: Any):
+        super().__init__()
+        self.module = module
+        flat, self._spec = pytree.tree_flatten(state)
+        self._is_tensor = [isinstance(v, torch.Tensor) for v in flat]
+        self._constants = [None if t else v for v, t in zip(flat, self._is_tensor)]
+        self.inputs = tuple(v for v in flat if isinstance(v, torch.Tensor))
+
+    def forward(self, x, *tensors):
+        it = iter(tensors)
+        flat = [next(it) if t else c for t, c in zip(self._is_tensor, self._constants)]
+        y, new_state = self.module.step(x, pytree.tree_unflatten(flat, self._spec))
+        return (y, *leaves(new_state))
+
+
+class TorchSession:
+    def __init__(self, spec, *, batch: int, chunk_frames: int, dtype: str, device: str, native_device: Any,
+                 mode: str, seed: int):
+        self.spec, self.batch, self.mode, self.dtype = spec, batch, mode, dtype
+        self.native_device = native_device
+        self.device_name = device_name(native_device)
+        self.encoder = enc = variants.build(spec, "torch", seed=seed, dtype=dtype, device=device)
+        self.x = enc.native_input(batch, chunk_frames)
+        self.compile_s = None
+        if mode == "eager":
+            self._run = enc.native_step
+        else:
+            compiled = torch.compile(enc.module.step)
+
+            def run(x, state):
+                with torch.inference_mode():
+                    return compiled(x, state)
+
+            self._run = run
+            state = self.initial_state()
+            t0 = time.perf_counter()
+            for _ in range(COMPILE_CALLS):
+                y, state = run(self.x, state)
+                self.sync((y, state))
+            self.compile_s = time.perf_counter() - t0
+
+    def initial_state(self):
+        return self.encoder.init_state(self.batch)
+
+    def step(self, state):
+        return self._run(self.x, state)
+
+    def sync(self, tree) -> None:
+        kind = self.native_device.type
+        if kind == "cuda":
+            torch.cuda.synchronize(self.native_device)
+        elif kind == "xla":  # lazy tensors: cut the graph, run it, wait for the device
+            import torch_xla
+            import torch_xla.core.xla_model as xm
+
+            torch_xla.sync()
+            xm.wait_device_ops()
+        # CPU ops are synchronous: the outputs exist when the call returns
+
+    @staticmethod
+    def all_finite(tree) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in leaves(tree)
+                   if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+    @staticmethod
+    def state_nbytes(state) -> int:
+        return int(sum(t.nbytes for t in leaves(state) if isinstance(t, torch.Tensor)))
+
+    def count_flops(self) -> dict[str, counters.FlopCount]:
+        module = self.encoder.module
+        with torch.inference_mode():
+            state = self.initial_state()
+        out = {"flop_counter_mode": counters.flop_counter_mode_count(
+            lambda: self.encoder.native_step(self.x, self.initial_state()))}
+        # jit tracing wants ordinary tensors, not inference-mode ones
+        with torch.no_grad():
+            x = self.x.clone()
+            state = pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, state)
+            wrapper = _StepForTrace(module, state)
+            out["fvcore"] = counters.fvcore_count(wrapper, (x, *wrapper.inputs))
+        return out
+
+    def peaks(self) -> roofline.Peaks:
+        if self.native_device.type == "cpu":
+            return roofline.host_peaks()
+        n = 8192
+        dt = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+        a = torch.ones(n, n, dtype=dt, device=self.native_device)
+        src = torch.ones((1 << 28) // a.element_size(), dtype=dt, device=self.native_device)
+        dst = torch.empty_like(src)
+        return roofline.measure_device_peaks(
+            ("torch", str(self.native_device), self.dtype),
+            lambda: a @ a, lambda: dst.copy_(src), self.sync, 2.0 * n**3, 2.0 * src.nbytes,
+            f"torch on {self.device_name}: {n}^2 {self.dtype} matmul, 256 MiB copy (read+write)")
+
+    def second_pass_step(self) -> Callable[[], Any] | None:
+        sp = self.spec.second_pass
+        if sp is None:
+            return None
+        y = np.random.default_rng(0).standard_normal((self.batch, sp.segment_frames, self.spec.model_dim),
+                                                     np.float32)
+        return lambda: self.encoder.second_pass_forward(y)  # numpy out: already synchronised
+
+
+def prepare(spec, **kwargs) -> TorchSession:
+    return TorchSession(spec, **kwargs)

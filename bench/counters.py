@@ -1,0 +1,188 @@
+"""FLOP counters for one streaming step, each reporting FLOPs = 2 x multiply-adds (MACs).
+
+Three tools, each with blind spots (../shared/reference/counting.md), normalised to one unit:
+- XLA cost analysis of the compiled JAX step (`xla_count`): counts 2 per MAC already, plus every
+  elementwise op and reduction; exp/tanh/... go to `transcendentals`. Best effort: may be None.
+- torch.utils.flop_counter.FlopCounterMode on the PyTorch step (`flop_counter_mode_count`):
+  2 per MAC already; only matmul/conv/SDPA families are counted (einsum lowers to bmm and is
+  counted); we add the CPU flash-SDPA kernel it leaves at 0.
+- fvcore FlopCountAnalysis on the PyTorch step (`fvcore_count`): fvcore counts 1 per MAC, so its
+  numbers are doubled here. Handlers are added for the ops it is blind to (scaled_dot_product_attention,
+  baddbmm, conv1d/convolution) and for those it approximates (einsum via numpy's path finder,
+  matmul with a broadcast second operand), and its norm handlers are dropped (norms are not MACs).
+
+So the torch counters and the analytic count share one scope, the "matmul/conv part": dense
+projections, batched matmuls/einsums (attention scores and values, Performer features and state),
+and convolutions. XLA's total also holds elementwise work; `matmul_flops` narrows nothing for XLA
+(its per-op split is not exposed), so compare XLA's total. No counter crashes a run: when a tool
+cannot count, it returns `flops=None` with a one-line `reason`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+MATMUL_OP_WORDS = ("mm", "matmul", "linear", "conv", "einsum", "attention", "bmm")
+
+
+@dataclass
+class FlopCount:
+    source: str  # "xla" | "flop_counter_mode" | "fvcore"
+    flops: int | None  # FLOPs = 2 x MACs; None when the tool could not count
+    reason: str | None = None  # why flops is None
+    by_op: dict[str, int] = field(default_factory=dict)  # FLOPs per operator, where the tool says
+    transcendentals: int | None = None  # XLA only
+    bytes_accessed: int | None = None  # XLA only: its own traffic estimate (activations included)
+
+    @property
+    def matmul_flops(self) -> int | None:
+        """FLOPs of matmul/conv/attention operators (the scope the analytic MACs cover)."""
+        if self.flops is None:
+            return None
+        if not self.by_op:
+            return self.flops
+        return sum(v for k, v in self.by_op.items() if any(w in k.lower() for w in MATMUL_OP_WORDS))
+
+
+def _unavailable(source: str, reason: str | BaseException) -> FlopCount:
+    if isinstance(reason, BaseException):
+        reason = f"{type(reason).__name__}: {str(reason).strip().splitlines()[0] if str(reason).strip() else ''}"
+    return FlopCount(source, None, reason=f"{source} could not count: {reason}")
+
+
+# ---- XLA ---------------------------------------------------------------------------------------
+def xla_count(compiled: Any) -> FlopCount:
+    """FLOPs of a compiled JAX computation from `compiled.cost_analysis()`.
+
+    Handles the dict (current JAX), list-of-dicts (older JAX: one per computation, the first is
+    the entry computation) and None (backend without cost analysis) forms. Note a scan/while body
+    is counted once, not per trip, which is why we count one streaming step."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception as e:  # noqa: BLE001
+        return _unavailable("xla", e)
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    if not analysis or not isinstance(analysis, dict):
+        return _unavailable("xla", "cost_analysis() returned nothing on this backend")
+    flops = analysis.get("flops")
+    if flops is None or flops < 0:
+        return _unavailable("xla", "cost_analysis() has no 'flops' entry")
+
+    def _int(key: str) -> int | None:
+        v = analysis.get(key)
+        return int(v) if v is not None and v >= 0 else None
+
+    return FlopCount("xla", int(flops), transcendentals=_int("transcendentals"), bytes_accessed=_int("bytes accessed"))
+
+
+# ---- torch FlopCounterMode ---------------------------------------------------------------------
+def _flop_counter_extras() -> dict:
+    """Formulas FlopCounterMode lacks: the CPU flash-attention kernel counts 0 out of the box."""
+    import torch
+    from torch.utils.flop_counter import flop_registry, sdpa_flop_count
+
+    aten = torch.ops.aten
+    extras = {}
+    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable"):
+        op = getattr(aten, name, None)
+        if op is not None and op not in flop_registry:
+            extras[op] = lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)
+    return extras
+
+
+def flop_counter_mode_count(run: Callable[[], Any]) -> FlopCount:
+    """FLOPs of `run()` (one PyTorch step) under torch.utils.flop_counter.FlopCounterMode."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False, custom_mapping=_flop_counter_extras()) as counter:
+            run()
+        by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+        return FlopCount("flop_counter_mode", int(counter.get_total_flops()), by_op=by_op)
+    except Exception as e:  # noqa: BLE001
+        return _unavailable("flop_counter_mode", e)
+
+
+# ---- fvcore ------------------------------------------------------------------------------------
+def _shape(value: Any) -> list[int] | None:
+    from fvcore.nn.jit_handles import get_shape
+
+    return get_shape(value)
+
+
+def _einsum_macs(equation: str, shapes: list[list[int]]) -> int:
+    """Exact MACs of a two-operand einsum: the product of every index's size (contracted or not).
+
+    More operands fall back to numpy's optimal contraction path (numpy's FLOP count / 2)."""
+    import numpy as np
+
+    equation = equation.replace(" ", "")
+    inputs = equation.split("->")[0].split(",")
+    if len(inputs) == 2 and "..." not in equation:
+        sizes: dict[str, int] = {}
+        for letters, shape in zip(inputs, shapes):
+            sizes.update(zip(letters, shape))
+        return math.prod(sizes.values())
+    views = [np.lib.stride_tricks.as_strided(np.zeros(1), s, [0] * len(s)) for s in shapes]  # no memory
+    report = np.einsum_path(equation, *views, optimize="optimal")[1]
+    for line in report.splitlines():
+        if "optimized flop" in line.lower():
+            return int(float(line.split(":")[-1]) / 2)
+    return 0
+
+
+def _fvcore_handles() -> dict[str, Callable | None]:
+    def einsum(inputs, outputs):
+        equation = inputs[0].toIValue()
+        shapes = [_shape(v) for v in inputs[1].node().inputs()]
+        return _einsum_macs(equation, shapes)
+
+    def matmul(inputs, outputs):  # out [..., m, n] from a [..., m, k]: exact under broadcasting
+        return math.prod(_shape(outputs[0])) * _shape(inputs[0])[-1]
+
+    def baddbmm(inputs, outputs):  # beta * input + batch1 @ batch2
+        b, m, k = _shape(inputs[1])
+        n = _shape(inputs[2])[-1]
+        return b * m * k * n
+
+    def conv(inputs, outputs):  # conv1d/conv2d/convolution: input, weight, bias, ..., groups last-ish
+        w = _shape(inputs[1])
+        out = _shape(outputs[0])
+        # out [N, C_out, *spatial]; weight [C_out, C_in / groups, *kernel]
+        return out[0] * math.prod(out[2:]) * math.prod(w)
+
+    def sdpa(inputs, outputs):  # q [..., L, E], k [..., S, E], v [..., S, Ev]
+        q, k, v = (_shape(inputs[i]) for i in range(3))
+        batch = math.prod(q[:-2])
+        return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+    return {
+        "aten::einsum": einsum,
+        "aten::matmul": matmul,
+        "aten::baddbmm": baddbmm,
+        "aten::conv1d": conv,
+        "aten::conv2d": conv,
+        "aten::convolution": conv,
+        "aten::scaled_dot_product_attention": sdpa,
+    }
+
+
+def fvcore_count(module: Any, inputs: tuple) -> FlopCount:
+    """FLOPs (2 x fvcore's MACs) of `module(*inputs)` with fvcore's FlopCountAnalysis.
+
+    fvcore traces with torch.jit, so `module.forward` must take and return tensors (or tuples of them)."""
+    try:
+        import torch
+        from fvcore.nn import FlopCountAnalysis
+
+        with torch.no_grad():
+            analysis = FlopCountAnalysis(module, inputs).set_op_handle(**_fvcore_handles())
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            by_op = {op: 2 * int(macs) for op, macs in analysis.by_operator().items()}
+            total = 2 * int(analysis.total())
+        return FlopCount("fvcore", total, by_op=by_op)
+    except Exception as e:  # noqa: BLE001
+        return _unavailable("fvcore", e)

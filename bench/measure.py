@@ -1,0 +1,233 @@
+"""One measurement: a (variant, framework, device, batch, chunk) in, one plain record out.
+
+`measure()` is the only entry point. It fills the analytic columns from the spec (the ground
+truth), builds and compiles the step through the framework's adapter (imported only here, lazily),
+cross-checks the FLOP counters, times synchronised steps with the state threaded through, and
+derives real-time factor, throughput and the roofline. Anything that goes wrong after the
+arguments are accepted becomes a record with status "failed" and the error text, except
+DeviceUnavailableError, which is raised: a missing device fails the whole run, not one cell.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench import roofline, stats, timing
+from bench.devices import DeviceUnavailableError, machine_info, resolve_device  # noqa: F401 (re-exported)
+
+RAW_STEP_KEY = "raw_step_s"  # the record key holding the raw per-step seconds
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+BUSY_LOAD_PER_CORE = 1.5  # 1-min load average per usable core above which a record says the machine was busy
+
+# The CONTRACT's keys, in order; every record has all of them (None where not measured).
+RECORD_KEYS = (
+    "variant", "framework", "mode", "device", "device_name", "dtype", "batch", "chunk_frames",
+    "params", "weight_bytes", "state_bytes_per_stream", "state_bytes_attention", "state_bytes_conv",
+    "state_bytes_time_reduction", "macs_per_step", "flops_per_step", "transcendentals_per_step",
+    "flops_per_step_xla", "flops_per_step_torch", "flops_per_step_fvcore", "bytes_per_step",
+    "arithmetic_intensity", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
+    "latency_ms_iqr", "compile_s", "iterations", "rtf", "audio_s_per_s", "speedup_vs_baseline",
+    "roofline_bound_ms", "roofline_fraction", "second_pass_macs_per_segment", "second_pass_latency_ms_p50",
+    "status", "error",
+)
+# Keys beyond the CONTRACT, also always present.
+EXTRA_KEYS = (
+    "params_analytic", "params_first_pass", "weight_bytes_first_pass", "state_bytes", "state_bytes_measured",
+    "audio_s_per_step", "flops_per_step_xla_transcendentals", "bytes_accessed_xla",
+    "flops_per_step_fvcore_total", "counter_notes", "latency_ms_min", "latency_iqr_over_median", "latency_noisy",
+    "timing_capped", "warmup_iterations", "peak_flops_per_s", "peak_bytes_per_s", "peaks_source",
+    "warnings", "measure_wall_s", *(f"roofline_ms_{k}" for k in roofline.NAMED_DEVICES),
+)
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How long one measurement runs. Field names match bench.config.MeasureConfig.
+
+    The defaults measure one variant at one batch in well under 20 s on a 2-core CPU (build,
+    compile, counters and timing together); `quick()` is for smoke runs and tests."""
+
+    warmup_iterations: int = 3
+    min_iterations: int = 20
+    min_time_s: float = 1.0
+    max_time_s: float = 5.0  # cap on timed steps: a slow step (big batch, small CPU) stops here
+    counters: bool = True  # run XLA / FlopCounterMode / fvcore (a few seconds for full-size models)
+    second_pass: bool = True  # time the cascade second pass for variants that have one
+    roofline: bool = True  # measure this machine's peaks (once per process, ~2 s on a CPU)
+
+    @classmethod
+    def quick(cls) -> "MeasureSettings":
+        return cls(warmup_iterations=1, min_iterations=3, min_time_s=0.0, max_time_s=1.0, counters=False,
+                   second_pass=False, roofline=False)
+
+
+def empty_record() -> dict[str, Any]:
+    return {key: None for key in (*RECORD_KEYS, *EXTRA_KEYS)} | {RAW_STEP_KEY: []}
+
+
+def _variant_name(spec) -> str:
+    import variants
+
+    for name in variants.names():
+        if variants.get(name).spec == spec:
+            return name
+    return "custom"
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def analytic_columns(spec, batch: int, chunk_frames: int, dtype: str) -> dict[str, Any]:
+    """Everything the spec alone determines: parameters, state bytes, MACs/FLOPs, bytes per step.
+
+    bytes_per_step = first-pass weights read + state read + state written, at `dtype` (the bool
+    attention mask stays 1 byte); activations and the input chunk are left out, so it is a lower
+    bound on traffic. The cascade's second-pass weights are not read by a first-pass step."""
+    from variants import analytic
+
+    nbytes = DTYPE_BYTES[dtype]
+    params = analytic.param_count(spec)
+    params_first = analytic.first_pass_param_count(spec)
+    macs = sum(analytic.macs_per_step(spec, batch, chunk_frames).values())
+    state_total = analytic.state_bytes(spec, batch, nbytes)
+    per_stream = analytic.state_bytes_breakdown(spec, 1, nbytes)
+    weight_first = params_first * nbytes
+    bytes_per_step = weight_first + 2 * state_total
+    audio_s = chunk_frames * spec.input_frame_ms / 1000.0
+    return {
+        "params_analytic": params, "params_first_pass": params_first,
+        "weight_bytes": params * nbytes, "weight_bytes_first_pass": weight_first,
+        "state_bytes_per_stream": sum(per_stream.values()),
+        "state_bytes_attention": per_stream["attention"], "state_bytes_conv": per_stream["conv"],
+        "state_bytes_time_reduction": per_stream["time_reduction"], "state_bytes": state_total,
+        "macs_per_step": macs, "flops_per_step": 2 * macs,
+        "transcendentals_per_step": analytic.transcendentals_per_step(spec, batch, chunk_frames),
+        "bytes_per_step": bytes_per_step, "arithmetic_intensity": 2 * macs / bytes_per_step,
+        "second_pass_macs_per_segment": analytic.second_pass_macs_per_segment(spec, batch),
+        "audio_s_per_step": audio_s,
+        **{f"roofline_ms_{k}": v for k, v in roofline.predict_latency_ms(2 * macs, bytes_per_step, dtype).items()},
+    }
+
+
+def measure(variant, framework: str, device: str, batch: int, chunk_frames: int, *, dtype: str = "float32",
+            mode: str | None = None, settings: MeasureSettings | None = None, seed: int = 0) -> dict[str, Any]:
+    """Measure one streaming step of `variant` (a registered name or an EncoderSpec) and return a record.
+
+    Invalid arguments (unknown variant, framework, mode or dtype; batch or chunk < 1) raise
+    ValueError before anything runs; a device that is not there raises DeviceUnavailableError.
+    Everything else that goes wrong (build, compile, a counter, NaN/Inf outputs) is reported in a
+    record with status "failed" and `error`. `speedup_vs_baseline` is left None: it needs the
+    baseline measured in the same run, which the runner has. Raw per-step seconds are under
+    RAW_STEP_KEY."""
+    import variants
+    from bench import adapters
+
+    t_start = time.perf_counter()
+    settings = settings or MeasureSettings()
+    spec = variants.resolve_spec(variant)
+    mode = adapters.resolve_mode(framework, mode)
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype={dtype!r} is not one of {tuple(DTYPE_BYTES)}")
+    if batch < 1 or chunk_frames < 1:
+        raise ValueError(f"batch={batch} and chunk_frames={chunk_frames} must be >= 1")
+
+    record = empty_record()
+    record.update(variant=variant if isinstance(variant, str) else _variant_name(spec), framework=framework,
+                  mode=mode, device=device, dtype=dtype, batch=batch, chunk_frames=chunk_frames,
+                  warmup_iterations=settings.warmup_iterations)
+    native = resolve_device(framework, device)  # DeviceUnavailableError propagates
+    notes: list[str] = []
+    try:
+        record.update(machine_info(framework))
+        if (record["load_avg_1m"] or 0) > BUSY_LOAD_PER_CORE * record["usable_cores"]:
+            notes.append(f"busy machine: load average {record['load_avg_1m']:.1f} on {record['usable_cores']} cores "
+                         "before measuring; step times include waiting for other jobs")
+        record.update(analytic_columns(spec, batch, chunk_frames, dtype))
+        session = adapters.load(framework).prepare(
+            spec, batch=batch, chunk_frames=chunk_frames, dtype=dtype, device=device, native_device=native,
+            mode=mode, seed=seed)
+        enc = session.encoder
+        record.update(device_name=session.device_name, compile_s=session.compile_s, params=enc.num_params())
+        if record["params"] != record["params_analytic"]:
+            notes.append(f"model has {record['params']} parameters, the spec's formula {record['params_analytic']}")
+
+        state = session.initial_state()
+        record["state_bytes_measured"] = session.state_nbytes(state)
+        if record["state_bytes_measured"] != record["state_bytes"]:
+            notes.append(f"state arrays hold {record['state_bytes_measured']} bytes, "
+                         f"the spec's formula {record['state_bytes']}")
+
+        # One checked step before spending time on timing: a NaN model fails fast.
+        outputs, state = session.step(state)
+        session.sync((outputs, state))
+        if not session.all_finite((outputs, state)):
+            raise FloatingPointError("the step produced NaN/Inf (outputs or state) on its first call")
+
+        if settings.counters:
+            _count(session, record)
+
+        result = timing.time_steps(session.step, state, session.sync, warmup=settings.warmup_iterations,
+                                   min_iterations=settings.min_iterations, min_time_s=settings.min_time_s,
+                                   max_time_s=settings.max_time_s)
+        if not session.all_finite((result.outputs, result.state)):
+            raise FloatingPointError(f"the step produced NaN/Inf (outputs or state) within "
+                                     f"{settings.warmup_iterations + len(result.step_s) + 1} steps")
+        record[RAW_STEP_KEY] = list(result.step_s)
+        record["timing_capped"] = result.capped
+        if result.capped:
+            notes.append(f"timing stopped at max_time_s={settings.max_time_s} after {len(result.step_s)} steps")
+        summary = stats.latency_stats(result.step_s)
+        record.update({k: v for k, v in summary.to_dict().items() if k not in ("noisy", "iqr_over_median")})
+        record.update(latency_iqr_over_median=summary.iqr_over_median, latency_noisy=summary.noisy)
+        if summary.warning:
+            notes.append(summary.warning)
+
+        latency_s = summary.latency_ms_p50 / 1e3
+        record["rtf"] = latency_s / record["audio_s_per_step"]
+        record["audio_s_per_s"] = batch * record["audio_s_per_step"] / latency_s
+
+        if settings.roofline:
+            peaks = session.peaks()
+            bound_s = roofline.roofline_bound_s(record["flops_per_step"], record["bytes_per_step"], peaks)
+            record.update(peak_flops_per_s=peaks.flops_per_s, peak_bytes_per_s=peaks.bytes_per_s,
+                          peaks_source=peaks.source, roofline_bound_ms=bound_s * 1e3,
+                          roofline_fraction=roofline.roofline_fraction(bound_s, latency_s))
+
+        if settings.second_pass and (segment := session.second_pass_step()) is not None:
+            sp = timing.time_steps(lambda s: (segment(), s), None, lambda tree: None, warmup=1,
+                                   min_iterations=5, min_time_s=0.2, max_time_s=max(1.0, settings.max_time_s / 4))
+            record["second_pass_latency_ms_p50"] = stats.latency_stats(sp.step_s).latency_ms_p50
+        record["status"] = "ok"
+    except DeviceUnavailableError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a failed measurement is data
+        record["status"] = "failed"
+        record["error"] = _one_line(e)
+    record["warnings"] = "; ".join(notes) or None
+    record["measure_wall_s"] = time.perf_counter() - t_start
+    return record
+
+
+def _count(session, record: dict[str, Any]) -> None:
+    """Fill the per-counter FLOP columns; a counter that cannot count leaves None and a note."""
+    counts = session.count_flops()
+    reasons = [c.reason for c in counts.values() if c.reason]
+    if xla := counts.get("xla"):
+        record["flops_per_step_xla"] = xla.flops
+        record["flops_per_step_xla_transcendentals"] = xla.transcendentals
+        record["bytes_accessed_xla"] = xla.bytes_accessed
+    if fcm := counts.get("flop_counter_mode"):
+        record["flops_per_step_torch"] = fcm.flops
+    if fv := counts.get("fvcore"):
+        record["flops_per_step_fvcore"] = fv.matmul_flops
+        record["flops_per_step_fvcore_total"] = fv.flops
+    record["counter_notes"] = "; ".join(reasons) or None
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,147 @@
+"""Roofline: this machine's measured peaks, the per-step lower bound, and predictions for named devices.
+
+A step cannot run faster than max(FLOPs / peak FLOP/s, bytes moved / memory bandwidth). The host's
+peaks are measured once per process with numpy: bandwidth with a large array copy (STREAM "copy":
+read + write both counted), peak FLOP/s with a large float32 matmul (FLOPs = 2 x multiply-adds).
+Accelerators are measured by the framework adapter on the device itself (`measure_device_peaks`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+COPY_BYTES = 256 * 2**20  # per array: far beyond any CPU cache, small enough for a laptop
+MATMUL_N = 2048  # 2 x 2048^3 = 17 GFLOP; one call takes ~0.1-0.3 s on 2 cores
+REPEATS = 5
+
+
+@dataclass(frozen=True)
+class Peaks:
+    flops_per_s: float
+    bytes_per_s: float
+    source: str  # how they were obtained, for reports
+
+    @property
+    def ridge_flops_per_byte(self) -> float:
+        return self.flops_per_s / self.bytes_per_s
+
+
+@dataclass(frozen=True)
+class NamedDevice:
+    name: str
+    peak_flops_bf16: float  # dense (no structured sparsity)
+    peak_flops_fp32: float | None  # None: no published fp32 matmul peak
+    bytes_per_s: float
+    source: str
+
+    def peak_flops(self, dtype: str) -> float:
+        # Without a published fp32 figure (TPUs) use the bf16 one: XLA's default matmul precision on
+        # TPU runs fp32 matmuls as bf16 MXU passes.
+        if dtype == "float32" and self.peak_flops_fp32 is not None:
+            return self.peak_flops_fp32
+        return self.peak_flops_bf16
+
+
+# Public vendor peaks per chip; dense FLOP/s (FLOPs = 2 x multiply-adds).
+NAMED_DEVICES: dict[str, NamedDevice] = {
+    # Google Cloud, "TPU v4" (https://cloud.google.com/tpu/docs/v4): 275 TFLOP/s (bf16 or int8) per chip,
+    # HBM2 32 GiB at 1200 GB/s.
+    "tpu_v4": NamedDevice("TPU v4", 275e12, None, 1200e9, "https://cloud.google.com/tpu/docs/v4"),
+    # Google Cloud, "TPU v5e" (https://cloud.google.com/tpu/docs/v5e): 197 TFLOP/s bf16 per chip,
+    # HBM2 16 GB at 819 GB/s.
+    "tpu_v5e": NamedDevice("TPU v5e", 197e12, None, 819e9, "https://cloud.google.com/tpu/docs/v5e"),
+    # NVIDIA A100 80GB SXM datasheet (https://www.nvidia.com/en-us/data-center/a100/): BF16 tensor core
+    # 312 TFLOP/s dense, FP32 19.5 TFLOP/s (not TF32), HBM2e 2,039 GB/s.
+    "a100": NamedDevice("A100 SXM 80GB", 312e12, 19.5e12, 2039e9, "https://www.nvidia.com/en-us/data-center/a100/"),
+    # NVIDIA H100 SXM datasheet (https://www.nvidia.com/en-us/data-center/h100/): BF16 tensor core
+    # 1,979 TFLOP/s with sparsity = 989 dense, FP32 67 TFLOP/s, HBM3 3.35 TB/s.
+    "h100": NamedDevice("H100 SXM", 989e12, 67e12, 3350e9, "https://www.nvidia.com/en-us/data-center/h100/"),
+    # Phone-class SoC, Apple A17 Pro: Neural Engine "35 trillion operations per second" (Apple newsroom,
+    # 2023-09-12, iPhone 15 Pro; 16-bit ops taken as bf16-class); fp32 ~2.1 TFLOP/s for the 6-core GPU
+    # (768 ALUs x 2 x ~1.4 GHz, third-party estimate); LPDDR5-6400 on a 64-bit bus = 51.2 GB/s.
+    "phone_soc": NamedDevice("Apple A17 Pro (phone SoC)", 35e12, 2.1e12, 51.2e9,
+                             "https://www.apple.com/newsroom/2023/09/apple-unveils-iphone-15-pro-and-iphone-15-pro-max/"),
+}
+
+
+def roofline_bound_s(flops: float, bytes_moved: float, peaks: Peaks | NamedDevice, dtype: str = "float32") -> float:
+    """Lower bound on a step's time: max(FLOPs / peak FLOP/s, bytes moved / bandwidth)."""
+    peak = peaks.peak_flops(dtype) if isinstance(peaks, NamedDevice) else peaks.flops_per_s
+    return max(flops / peak, bytes_moved / peaks.bytes_per_s)
+
+
+def roofline_fraction(bound_s: float, latency_s: float) -> float:
+    """Fraction of the roofline achieved: 1.0 means the step runs at the bound."""
+    return bound_s / latency_s if latency_s > 0 else float("nan")
+
+
+def predict_latency_ms(flops: float, bytes_moved: float, dtype: str = "float32") -> dict[str, float]:
+    """Roofline-bound step latency (ms) on each named device, keyed by its short name."""
+    return {key: 1e3 * roofline_bound_s(flops, bytes_moved, dev, dtype) for key, dev in NAMED_DEVICES.items()}
+
+
+# ---- measured peaks ----------------------------------------------------------------------------
+def _best_time(fn: Callable[[], Any], repeats: int = REPEATS) -> float:
+    fn()  # first touch: page faults and thread start-up are not bandwidth
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _numpy_copy_bandwidth(nbytes: int = COPY_BYTES) -> float:
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    bounds = np.linspace(0, src.size, threads + 1).astype(int)
+    slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def one_thread():
+        np.copyto(dst, src)
+
+    def all_threads():  # numpy releases the GIL while copying, so slices copy in parallel
+        list(pool.map(lambda s: np.copyto(dst[s], src[s]), slices))
+
+    with ThreadPoolExecutor(threads) as pool:
+        best = min(_best_time(one_thread), _best_time(all_threads))
+    return 2 * src.nbytes / best  # read + write
+
+
+def _numpy_matmul_flops(n: int = MATMUL_N) -> float:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), np.float32)
+    b = rng.standard_normal((n, n), np.float32)
+    return 2 * n**3 / _best_time(lambda: a @ b, repeats=3)
+
+
+_CACHE: dict[tuple, Peaks] = {}
+
+
+def host_peaks() -> Peaks:
+    """This host's copy bandwidth and float32 matmul peak, measured with numpy once per process (~2 s)."""
+    key = ("host",)
+    if key not in _CACHE:
+        _CACHE[key] = Peaks(_numpy_matmul_flops(), _numpy_copy_bandwidth(),
+                            f"numpy: {MATMUL_N}^2 float32 matmul, {COPY_BYTES >> 20} MiB copy (read+write)")
+    return _CACHE[key]
+
+
+def measure_device_peaks(key: tuple, matmul: Callable[[], Any], copy: Callable[[], Any], sync: Callable[[Any], Any],
+                         matmul_flops: float, copy_bytes: float, source: str) -> Peaks:
+    """Peaks of an accelerator from framework kernels, cached under `key` for the process.
+
+    `matmul()` / `copy()` launch one kernel and return its output; `sync` blocks on it;
+    `copy_bytes` counts read + write."""
+    if key not in _CACHE:
+        t_mm = _best_time(lambda: sync(matmul()))
+        t_cp = _best_time(lambda: sync(copy()))
+        _CACHE[key] = Peaks(matmul_flops / t_mm, copy_bytes / t_cp, source)
+    return _CACHE[key]

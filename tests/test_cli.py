@@ -1,0 +1,242 @@
+"""The `bench` command as a user drives it (typer's CliRunner), with a fake measure: no model is built."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import variants
+from bench import results
+from bench.cli import app
+from bench_fakes import FakeMeasure, FakeSettings, install
+
+cli = CliRunner()
+LADDER = ["baseline", "conv_lower", "conv_lower_downsized", "practical", "practical_cascade"]
+
+
+def invoke(*args: str):
+    return cli.invoke(app, list(args))
+
+
+def assert_one_line_error(result, code: int = 2) -> str:
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("bench: error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def assert_run_summary(result, code: int) -> str:
+    """A run that started prints progress on stderr; its last line is the one-line verdict."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bench: error: ")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr
+    assert "Traceback" not in result.output
+    return errors[0]
+
+
+def load(out):
+    data = json.loads((out / results.RESULTS_JSON).read_text())
+    return data["meta"], data["records"]
+
+
+# ---- list / help ----------------------------------------------------------------------------------
+
+
+def test_list_shows_every_variant_in_ladder_order_with_params():
+    result = invoke("list")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == variants.names()
+    assert "121.1M" in lines[0] and variants.get("baseline").description in lines[0]
+
+
+def test_list_takes_a_glob():
+    result = invoke("list", "practical*")
+    assert [line.split()[0] for line in result.stdout.strip().splitlines()] == ["practical", "practical_cascade"]
+
+
+@pytest.mark.parametrize("verb", ["list", "run", "report", "plot", "compare", "env", "check"])
+def test_every_verb_has_help_with_examples(verb):
+    result = invoke(verb, "--help")
+    assert result.exit_code == 0
+    assert "Examples:" in result.stdout and f"bench {verb}" in result.stdout
+
+
+def test_no_arguments_prints_help():
+    result = invoke()
+    assert result.exit_code == 0 and "Commands" in result.stdout
+
+
+# ---- bad input: exit 2, one line ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run", "--batch", "0"], "batch sizes must be >= 1"),
+    (["run", "--batch", "1,x"], "'x' is not an integer"),
+    (["run", "--variant", "nope"], "valid variants: baseline, conv_lower"),
+    (["run", "--variant", "zz*"], "no variant matches 'zz*'"),
+    (["run", "--chunk", "0"], "positive number"),
+    (["run", "--chunk", "4"], "needs a multiple of 3"),
+    (["run", "--chunk", "abc"], "Invalid value for '--chunk'"),
+    (["run", "--framework", "tf"], "'tf' is not one of jax, torch"),
+    (["run", "--device", "xpu"], "'xpu' is not one of cpu, gpu, tpu"),
+    (["run", "--torch-mode", "jit"], "choose from eager, compile"),
+    (["run", "--no-such-flag"], "No such option"),
+    (["report", "/no/such/run"], "no such run folder"),
+    (["report", "."], "not a run folder"),
+    (["compare", "/no/a", "/no/b"], "no such run folder"),
+    (["report", "/no/such/run", "--format", "html"], "'html' is not one of markdown, csv, latex"),
+])
+def test_bad_input_exits_2_with_one_line(monkeypatch, tmp_path, args, says):
+    fake = FakeMeasure()
+    install(monkeypatch, fake)
+    monkeypatch.chdir(tmp_path)
+    line = assert_one_line_error(invoke(*args))
+    assert says in line
+    assert not fake.calls and not (tmp_path / "reports").exists()
+
+
+def test_a_device_that_is_not_here_exits_2_naming_what_is():
+    # The real device probe: this machine has no TPU.
+    line = assert_one_line_error(invoke("run", "--device", "tpu", "--variant", "practical"))
+    assert "'tpu' is not available" in line and "available: jax: cpu" in line and "torch: cpu" in line
+
+
+def test_env_names_versions_devices_and_threads():
+    result = invoke("env")
+    assert result.exit_code == 0, result.output
+    for word in ("python", "torch", "jax", "devices    jax: cpu", "threads", "git"):
+        assert word in result.stdout
+
+
+def test_a_malformed_config_exits_2_naming_file_and_line(monkeypatch, tmp_path):
+    install(monkeypatch, FakeMeasure())
+    bad = tmp_path / "bench.toml"
+    bad.write_text("[run]\nbatches = [1, 64\nchunk_frames = 6\n")
+    line = assert_one_line_error(invoke("run", "--config", str(bad)))
+    assert f"{bad}:2" in line or f"{bad}:3" in line
+    bad.write_text("[run]\nchunk_frames = 6\nbatches = [0]\n")
+    line = assert_one_line_error(invoke("run", "--config", str(bad)))
+    assert f"{bad}:3: run.batches" in line
+
+
+def test_an_existing_run_folder_is_not_overwritten(monkeypatch, tmp_path):
+    install(monkeypatch, FakeMeasure())
+    out = tmp_path / "run"
+    assert invoke("run", "--variant", "baseline", "--batch", "1", "--out", str(out)).exit_code == 0
+    assert "already holds a run" in assert_one_line_error(invoke("run", "--variant", "baseline", "--out", str(out)))
+
+
+# ---- a run ----------------------------------------------------------------------------------------
+
+
+def test_default_run_measures_the_ladder_into_a_timestamped_folder(monkeypatch, tmp_path):
+    fake = FakeMeasure()
+    install(monkeypatch, fake)
+    monkeypatch.chdir(tmp_path)  # no bench.toml here: the built-in defaults
+    result = invoke("run", "--no-progress")
+    assert result.exit_code == 0, result.output
+    (out,) = (tmp_path / "reports" / "runs").iterdir()
+    assert out.name.endswith("Z-cpu")
+    meta, records = load(out)
+    assert len(records) == len(LADDER) * 2 * 2  # variants x frameworks x batches (1, 64)
+    assert [r["variant"] for r in records[::4]] == LADDER
+    assert {(c["framework"], c["mode"]) for c in fake.calls} == {("jax", "jit"), ("torch", "eager")}
+    assert all(isinstance(c["settings"], FakeSettings) and c["chunk_frames"] == 6 for c in fake.calls)
+    assert meta["status"] == "complete" and meta["finished_utc"]
+    assert meta["config"]["run"]["batches"] == [1, 64] and meta["config"]["quick_run"] is False
+    for key in ("machine", "versions", "threads", "git", "started_utc"):
+        assert key in meta
+    assert "practical" in result.stdout  # the table is printed at the end
+
+
+def test_results_schema_has_every_contract_key(monkeypatch, tmp_path):
+    install(monkeypatch, FakeMeasure())
+    out = tmp_path / "run"
+    result = invoke("run", "--variant", "baseline,practical", "--batch", "1", "--out", str(out), "--quick")
+    assert result.exit_code == 0, result.output
+    _, records = load(out)
+    for record in records:
+        assert set(results.RECORD_KEYS) <= set(record)
+        assert "raw_step_s" not in record  # raw times live in raw_times.json
+    csv = pd.read_csv(out / results.RESULTS_CSV)
+    assert list(csv.columns[: len(results.RECORD_KEYS)]) == list(results.RECORD_KEYS)
+    raw = results.load_raw_times(out)
+    assert set(raw) == {results.raw_key(r) for r in records} and all(len(t) == 30 for t in raw.values())
+    speedup = {(r["variant"], r["framework"]): r["speedup_vs_baseline"] for r in records}
+    assert speedup[("baseline", "jax")] == pytest.approx(1.0)
+    assert speedup[("practical", "jax")] == pytest.approx(10.0 / 4.0, rel=0.05)
+    assert (out / results.TABLE_MD).read_text().count("practical") >= 1
+
+
+def test_failed_variants_are_recorded_and_the_run_goes_on_then_exits_1(monkeypatch, tmp_path):
+    install(monkeypatch, FakeMeasure(fail=("conv_lower",), raise_for=("practical",)))
+    out = tmp_path / "run"
+    result = invoke("run", "--variant", "baseline,conv_lower,practical,practical_cascade", "--batch", "1",
+                    "--out", str(out))
+    line = assert_run_summary(result, code=1)
+    assert "4 of 8 measurements failed" in line and "conv_lower" in line
+    _, records = load(out)
+    assert len(records) == 8
+    by_variant = {}
+    for r in records:
+        by_variant.setdefault(r["variant"], set()).add(r["status"])
+    assert by_variant == {"baseline": {"ok"}, "conv_lower": {"failed"}, "practical": {"failed"},
+                          "practical_cascade": {"ok"}}
+    raised = [r for r in records if r["variant"] == "practical"]
+    assert raised[0]["error"] == "RuntimeError: adapter bug for practical"  # one line, from an exception
+    assert all(r["speedup_vs_baseline"] is None for r in records if r["status"] == "failed")
+
+
+def test_an_interrupted_run_keeps_what_it_measured(monkeypatch, tmp_path):
+    install(monkeypatch, FakeMeasure(interrupt_at=3))
+    out = tmp_path / "run"
+    result = invoke("run", "--variant", "baseline,practical", "--batch", "1,64", "--out", str(out))
+    line = assert_run_summary(result, code=130)
+    assert "interrupted; 2 records kept" in line
+    meta, records = load(out)
+    assert meta["status"] == "interrupted"
+    assert [(r["variant"], r["framework"], r["batch"]) for r in records] == [("baseline", "jax", 1), ("baseline", "jax", 64)]
+    assert len(pd.read_csv(out / results.RESULTS_CSV)) == 2
+    assert len(results.load_raw_times(out)) == 2
+
+
+def test_flags_override_the_config(monkeypatch, tmp_path):
+    fake = FakeMeasure()
+    install(monkeypatch, fake)
+    config = tmp_path / "bench.toml"
+    config.write_text('[run]\nvariants = "baseline"\nframeworks = ["jax"]\nbatches = [2]\nchunk_frames = 12\n'
+                      '[measure.quick]\nmin_iterations = 7\n')
+    result = invoke("run", "--config", str(config), "--out", str(tmp_path / "a"))
+    assert result.exit_code == 0, result.output
+    assert [(c["variant"], c["framework"], c["batch"], c["chunk_frames"]) for c in fake.calls] == [("baseline", "jax", 2, 12)]
+    fake.calls.clear()
+    result = invoke("run", "--config", str(config), "--out", str(tmp_path / "b"), "--batch", "1,3", "--framework", "all",
+                    "--quick", "--torch-mode", "eager,compile")
+    assert result.exit_code == 0, result.output
+    assert {(c["framework"], c["mode"], c["batch"]) for c in fake.calls} == {
+        ("jax", "jit", 1), ("jax", "jit", 3), ("torch", "eager", 1), ("torch", "eager", 3),
+        ("torch", "compile", 1), ("torch", "compile", 3)}
+    assert fake.calls[0]["settings"].min_iterations == 7  # [measure.quick] reached MeasureSettings
+
+
+# ---- report / compare on run folders --------------------------------------------------------------
+
+
+def test_report_and_compare_read_run_folders(monkeypatch, tmp_path):
+    install(monkeypatch, FakeMeasure())
+    for name in ("a", "b"):
+        assert invoke("run", "--variant", "baseline,practical", "--batch", "1", "--out", str(tmp_path / name)).exit_code == 0
+    result = invoke("report", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert "practical" in result.stdout
+    result = invoke("report", str(tmp_path / "a"), "--out", str(tmp_path / "table.tex"), "--format", "latex")
+    assert result.exit_code == 0 and "tabular" in (tmp_path / "table.tex").read_text()
+    result = invoke("compare", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output
+    assert "practical" in result.stdout and "Mann-Whitney" in result.stdout

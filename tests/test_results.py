@@ -1,0 +1,125 @@
+"""bench.results: atomic files rewritten after every record, and reading/merging run folders."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+
+import pandas as pd
+import pytest
+
+from bench import report, results
+from bench.results import RunWriter, atomic_write_text, load_raw_times, load_run, load_runs
+
+META = {"machine_tag": None, "config": {}}
+
+
+def record(variant="baseline", framework="jax", batch=1, device="cpu", p50=10.0, **extra):
+    rec = {"variant": variant, "framework": framework, "mode": "jit" if framework == "jax" else "eager",
+           "device": device, "device_name": f"{device} host", "dtype": "float32", "batch": batch,
+           "chunk_frames": 6, "latency_ms_p50": p50, "status": "ok", "error": None}
+    rec.update(extra)
+    return rec
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "results.json"
+    atomic_write_text(path, "old\n")
+    atomic_write_text(path, "new\n")
+    assert path.read_text() == "new\n"
+    assert os.listdir(tmp_path) == ["results.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # as open() would make it, not mkstemp's 0600
+
+
+def test_a_write_that_dies_midway_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    atomic_write_text(path, "complete old content\n")
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # e.g. Ctrl-C between writing the temp file and renaming it
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(path, "half")
+    monkeypatch.undo()
+    assert path.read_text() == "complete old content\n"
+    assert os.listdir(tmp_path) == ["results.json"]
+
+
+def test_every_file_is_rewritten_after_every_record(tmp_path):
+    writer = RunWriter(tmp_path / "run", META)
+    run = tmp_path / "run"
+    assert json.loads((run / "results.json").read_text())["records"] == []
+    for n, variant in enumerate(["baseline", "practical"], start=1):
+        writer.add(record(variant), [0.01, 0.011, 0.012])
+        data = json.loads((run / "results.json").read_text())
+        assert len(data["records"]) == n
+        assert len(pd.read_csv(run / "results.csv")) == n
+        assert variant in (run / "table.md").read_text()
+        assert len(load_raw_times(run)) == n
+    writer.finish()
+    assert json.loads((run / "results.json").read_text())["meta"]["status"] == "complete"
+    assert sorted(p.name for p in run.iterdir()) == ["raw_times.json", "results.csv", "results.json", "table.md"]
+
+
+def test_json_is_strict_nan_becomes_null(tmp_path):
+    writer = RunWriter(tmp_path, META)
+    writer.add(record(latency_ms_p90=float("nan"), rtf=float("inf")))
+    text = (tmp_path / "results.json").read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert data["records"][0]["latency_ms_p90"] is None and data["records"][0]["rtf"] is None
+
+
+def test_load_run_gives_meta_and_a_frame_with_every_contract_column(tmp_path):
+    writer = RunWriter(tmp_path / "r", {**META, "machine_tag": "box"})
+    writer.add(record(), [0.01, 0.02])
+    meta, df = load_run(tmp_path / "r")
+    assert meta["machine_tag"] == "box"
+    assert set(results.RECORD_KEYS) <= set(df.columns) and df.loc[0, "run"] == "r"
+    assert load_raw_times(tmp_path / "r") == {"baseline|jax|jit|cpu|1": [0.01, 0.02]}
+
+
+def test_merging_two_folders_keeps_each_rows_device(tmp_path):
+    for name, device in (("cpu-host", "cpu"), ("tpu-host", "tpu")):
+        writer = RunWriter(tmp_path / name, META)
+        writer.add(record("baseline", device=device))
+        writer.add(record("practical", device=device, p50=4.0))
+    metas, df = load_runs([tmp_path / "cpu-host", tmp_path / "tpu-host"])
+    assert len(metas) == 2 and len(df) == 4
+    assert df.groupby("run")["device"].agg(set).to_dict() == {"cpu-host": {"cpu"}, "tpu-host": {"tpu"}}
+    table = report.paper_table(df)  # the merged frame is what `bench report` renders
+    assert "device" in table.columns or "device" in table.index.names
+
+
+def test_folders_with_the_same_name_stay_apart(tmp_path):
+    for parent in ("a", "b"):
+        RunWriter(tmp_path / parent / "run", META).add(record())
+    _, df = load_runs([tmp_path / "a" / "run", tmp_path / "b" / "run"])
+    assert df["run"].nunique() == 2
+
+
+def test_not_a_run_folder_is_a_one_line_error(tmp_path):
+    with pytest.raises(results.ResultsError, match="no such run folder"):
+        load_run(tmp_path / "missing")
+    with pytest.raises(results.ResultsError, match="not a run folder"):
+        load_run(tmp_path)
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(results.ResultsError) as e:
+        load_run(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_raw_times_key_is_the_key_reports_match_runs_on():
+    assert results.RAW_KEY_FIELDS == report.ROW_KEY
+    assert results.raw_key(record(batch=64)) == "baseline|jax|jit|cpu|64"
+
+
+def test_table_md_survives_records_the_report_cannot_render(tmp_path):
+    writer = RunWriter(tmp_path, META)
+    writer.add(record(status="failed", error="boom", latency_ms_p50=None))
+    assert "baseline" in (tmp_path / "table.md").read_text()
+    assert math.isnan(pd.read_csv(tmp_path / "results.csv").loc[0, "latency_ms_p50"])
