@@ -6,11 +6,17 @@ cross-checks the FLOP counters, times synchronised steps with the state threaded
 derives real-time factor, throughput and the roofline. Anything that goes wrong after the
 arguments are accepted becomes a record with status "failed" and the error text, except
 DeviceUnavailableError, which is raised: a missing device fails the whole run, not one cell.
+
+FLOP columns, all FLOPs = 2 x multiply-adds: `flops_per_step` (analytic, the ground truth),
+`flops_per_step_xla` (XLA cost analysis total, JAX records only), `flops_per_step_torch`
+(FlopCounterMode) and `flops_per_step_fvcore` (fvcore's matmul/conv/attention operators;
+`flops_per_step_fvcore_total` adds its layer-norm counts), torch records only. Latency columns
+come from the p50 of synchronised steps; `rtf` = p50 / audio seconds per step, `audio_s_per_s` =
+batch x audio seconds per step / p50.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -227,7 +233,3 @@ def _count(session, record: dict[str, Any]) -> None:
         record["flops_per_step_fvcore"] = fv.matmul_flops
         record["flops_per_step_fvcore_total"] = fv.flops
     record["counter_notes"] = "; ".join(reasons) or None
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

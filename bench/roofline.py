@@ -4,6 +4,8 @@ A step cannot run faster than max(FLOPs / peak FLOP/s, bytes moved / memory band
 peaks are measured once per process with numpy: bandwidth with a large array copy (STREAM "copy":
 read + write both counted), peak FLOP/s with a large float32 matmul (FLOPs = 2 x multiply-adds).
 Accelerators are measured by the framework adapter on the device itself (`measure_device_peaks`).
+On a CPU the float32 numpy peak serves both dtypes: XLA and PyTorch CPU kernels mostly compute
+bfloat16 matmuls in float32, so bfloat16 only halves the bytes, not the FLOP time.
 """
 
 from __future__ import annotations
