@@ -9,18 +9,21 @@ Three tools, each with blind spots (../shared/reference/counting.md), normalised
 - fvcore FlopCountAnalysis on the PyTorch step (`fvcore_count`): fvcore counts 1 per MAC, so its
   numbers are doubled here. Handlers are added for the ops it is blind to (scaled_dot_product_attention,
   baddbmm, conv1d/convolution) and for those it approximates (einsum via numpy's path finder,
-  matmul with a broadcast second operand), and its norm handlers are dropped (norms are not MACs).
+  matmul with a broadcast second operand). It also counts layer norms (not MACs): they stay in
+  its total and are left out of its `matmul_flops`.
 
-So the torch counters and the analytic count share one scope, the "matmul/conv part": dense
-projections, batched matmuls/einsums (attention scores and values, Performer features and state),
-and convolutions. XLA's total also holds elementwise work; `matmul_flops` narrows nothing for XLA
-(its per-op split is not exposed), so compare XLA's total. No counter crashes a run: when a tool
+So FlopCounterMode, fvcore's `matmul_flops` and the analytic count share one scope, the
+"matmul/conv part": dense projections, batched matmuls/einsums (attention scores and values,
+Performer features, state update and readout) and convolutions. XLA's total also holds
+elementwise work and its per-op split is not exposed, so its total is what is compared (at full
+model width elementwise work is under 1% of a step). No counter crashes a run: when a tool
 cannot count, it returns `flops=None` with a one-line `reason`.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -176,9 +179,11 @@ def fvcore_count(module: Any, inputs: tuple) -> FlopCount:
     fvcore traces with torch.jit, so `module.forward` must take and return tensors (or tuples of them)."""
     try:
         import torch
-        from fvcore.nn import FlopCountAnalysis
 
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fvcore scripts/traces with the deprecated torch.jit
+            from fvcore.nn import FlopCountAnalysis
+
             analysis = FlopCountAnalysis(module, inputs).set_op_handle(**_fvcore_handles())
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
             by_op = {op: 2 * int(macs) for op, macs in analysis.by_operator().items()}

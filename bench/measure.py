@@ -173,6 +173,8 @@ def measure(variant, framework: str, device: str, batch: int, chunk_frames: int,
         session.sync((outputs, state))
         if not session.all_finite((outputs, state)):
             raise FloatingPointError("the step produced NaN/Inf (outputs or state) on its first call")
+        if (after := session.state_nbytes(state)) != record["state_bytes_measured"]:
+            notes.append(f"the step returns a state of {after} bytes for one of {record['state_bytes_measured']}")
 
         if settings.counters:
             _count(session, record)

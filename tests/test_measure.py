@@ -141,3 +141,19 @@ def test_torch_compile_mode_is_measurable():
     r = measure(spec, "torch", "cpu", 1, 6, mode="compile", settings=MeasureSettings.quick())
     assert r["status"] == "ok", r["error"]
     assert r["mode"] == "compile" and r["compile_s"] > 0 and math.isfinite(r["latency_ms_p50"])
+
+
+def test_a_chunk_that_leaves_frames_in_a_buffer_compiles_every_phase_ahead():
+    # 4 input frames against a 3x then 2x stacking: the buffers' frame counts cycle over steps, and
+    # each count is its own JAX program; all are compiled before timing, none while timed.
+    from bench.adapters import jax_adapter
+    from bench.devices import resolve_device
+
+    session = jax_adapter.prepare(_tiny("practical"), batch=1, chunk_frames=4, dtype="float32", device="cpu",
+                                  native_device=resolve_device("jax", "cpu"), mode="jit", seed=0)
+    assert len(session._compiled) > 1
+    state = session.initial_state()
+    compiled_before = dict(session._compiled)
+    for _ in range(7):
+        _, state = session.step(state)
+    assert session._compiled == compiled_before

@@ -52,7 +52,9 @@ class JaxSession:
         in its buffer (static pytree metadata), i.e. a different program; compile each one now."""
         state = self.initial_state()
         for _ in range(MAX_PHASES):
+            before = _avals(state)
             _, state = self._compile_for(state)(self.params, self.x, state)
+            _check_same_avals(before, _avals(state))
             if jax.tree_util.tree_structure(state) in self._compiled:
                 return
         raise RuntimeError(f"the step's state structure did not repeat within {MAX_PHASES} steps")
@@ -104,6 +106,20 @@ class JaxSession:
         y = np.random.default_rng(0).standard_normal((self.batch, sp.segment_frames, self.spec.model_dim),
                                                      np.float32)
         return lambda: self.encoder.second_pass_forward(y)  # numpy out: already synchronised
+
+
+def _avals(state) -> dict[str, tuple]:
+    return {jax.tree_util.keystr(path): (leaf.shape, str(leaf.dtype))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+
+
+def _check_same_avals(before: dict, after: dict) -> None:
+    """A streaming step must return its state in the shapes and dtypes it took it (else the next
+    step recompiles, or an AOT-compiled step refuses it); name the first leaf that drifts."""
+    for path, (shape, dtype) in before.items():
+        if path in after and after[path] != (shape, dtype):
+            raise TypeError(f"the step returns state{path} as {after[path][1]}{list(after[path][0])} but takes it "
+                            f"as {dtype}{list(shape)}")
 
 
 def prepare(spec, **kwargs) -> JaxSession:

@@ -8,6 +8,7 @@ first call; a second call may recompile once the state's guards change), so no t
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -54,7 +55,9 @@ class TorchSession:
         if mode == "eager":
             self._run = enc.native_step
         else:
-            compiled = torch.compile(enc.module.step)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # inductor's imports use torch.jit
+                compiled = torch.compile(enc.module.step)
 
             def run(x, state):
                 with torch.inference_mode():
@@ -63,9 +66,11 @@ class TorchSession:
             self._run = run
             state = self.initial_state()
             t0 = time.perf_counter()
-            for _ in range(COMPILE_CALLS):
-                y, state = run(self.x, state)
-                self.sync((y, state))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch.compile's own use of torch.jit
+                for _ in range(COMPILE_CALLS):
+                    y, state = run(self.x, state)
+                    self.sync((y, state))
             self.compile_s = time.perf_counter() - t0
 
     def initial_state(self):
@@ -82,7 +87,7 @@ class TorchSession:
             import torch_xla
             import torch_xla.core.xla_model as xm
 
-            torch_xla.sync()
+            getattr(torch_xla, "sync", xm.mark_step)()  # torch_xla >= 2.4 has sync(); older: mark_step
             xm.wait_device_ops()
         # CPU ops are synchronous: the outputs exist when the call returns
 
