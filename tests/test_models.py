@@ -163,3 +163,20 @@ def test_full_size_streaming_equals_forward(name):
         enc = variants.build(name, framework)
         full = enc.forward(x)
         np.testing.assert_allclose(_stream(enc, x, [6] * 8), full, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+@pytest.mark.parametrize("name", ["baseline", "practical"])
+def test_bfloat16_state_keeps_its_dtype_and_halves_its_bytes(name, framework):
+    spec = TINY[name]
+    enc = variants.build(spec, framework, dtype="bfloat16")
+    state = enc.init_state(2)
+    x = _features(spec, frames=spec.output_stride * 2)
+    y, new_state = enc.step(x, state)
+    assert np.isfinite(y).all()
+    if framework == "jax":
+        import jax
+
+        dtypes = [(a.dtype, b.dtype) for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(new_state))]
+        assert all(a == b for a, b in dtypes)
+    assert enc.state_bytes(2) == analytic.state_bytes(spec, 2, dtype_bytes=2)

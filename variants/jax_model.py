@@ -170,7 +170,7 @@ class LocalAttention(nn.Module):
 
     def _attend(self, q, k, v, offsets, mask):
         """offsets[t, s] = query position - key position; mask [B or 1, T, S] marks visible keys."""
-        scale = 1.0 / np.sqrt(self.model_dim // self.num_heads)
+        scale = float(self.model_dim // self.num_heads) ** -0.5  # a Python float stays weakly typed (bf16 stays bf16)
         scores = jnp.einsum("bthd,bshd->bhts", q, k) * scale
         bias = self.rel_bias[:, np.clip(offsets + self.right, 0, self.left + self.right)]  # [H, T, S]
         scores = scores + bias[None]
@@ -216,11 +216,11 @@ def favor_features(x, projection, kernel: str, is_query: bool):
     m = projection.shape[0]
     wx = jnp.einsum("bthd,md->bthm", x, projection)
     if kernel == "relu":
-        return jax.nn.relu(wx) / np.sqrt(m) + RELU_EPS
+        return jax.nn.relu(wx) * float(m) ** -0.5 + RELU_EPS
     logits = wx - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
     if is_query:
         logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    return (jnp.exp(logits) + FAVOR_EPS) / np.sqrt(m)
+    return (jnp.exp(logits) + FAVOR_EPS) * float(m) ** -0.5
 
 
 def favor_prefix_sum(pq, pk, v):
