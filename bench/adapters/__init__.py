@@ -61,3 +61,22 @@ def leaves(tree: Any) -> Iterator[Any]:
             yield from leaves(getattr(tree, f.name))
     else:
         yield tree
+
+
+_last_built: tuple[tuple, Any] | None = None
+
+
+def build_encoder(spec: Any, framework: str, *, seed: int, dtype: str, device: str) -> Any:
+    """variants.build, reusing the previous encoder when only the batch or mode changes.
+
+    The runner measures one model at several batches in a row, and building a full-size model
+    (drawing ~100M weights) costs seconds; encoders are not mutated by a session, so one is shared.
+    Only the last one is kept, so memory holds one model per framework at most."""
+    global _last_built
+    import variants
+
+    key = (spec, framework, seed, dtype, device)
+    if _last_built is None or _last_built[0] != key:
+        _last_built = None  # free the previous model before building the next
+        _last_built = (key, variants.build(spec, framework, seed=seed, dtype=dtype, device=device))
+    return _last_built[1]

@@ -17,7 +17,7 @@ import numpy as np
 
 import variants
 from bench import counters, roofline
-from bench.adapters import leaves
+from bench.adapters import build_encoder, leaves
 from bench.devices import device_name
 
 MAX_PHASES = 16  # distinct state structures (time-reduction buffer counts) we compile for
@@ -29,7 +29,7 @@ class JaxSession:
         self.spec, self.batch, self.mode, self.dtype = spec, batch, mode, dtype
         self.native_device = native_device
         self.device_name = device_name(native_device)
-        self.encoder = enc = variants.build(spec, "jax", seed=seed, dtype=dtype, device=device)
+        self.encoder = enc = build_encoder(spec, "jax", seed=seed, dtype=dtype, device=device)
         self.x = enc.native_input(batch, chunk_frames)
         self.params = enc.params
         self._jitted = jax.jit(enc.step_fn, donate_argnums=(2,))

@@ -17,7 +17,7 @@ import torch.utils._pytree as pytree
 
 import variants
 from bench import counters, roofline
-from bench.adapters import leaves
+from bench.adapters import build_encoder, leaves
 from bench.devices import device_name
 
 COMPILE_CALLS = 2  # calls timed as compile_s in "compile" mode
@@ -49,7 +49,7 @@ class TorchSession:
         self.spec, self.batch, self.mode, self.dtype = spec, batch, mode, dtype
         self.native_device = native_device
         self.device_name = device_name(native_device)
-        self.encoder = enc = variants.build(spec, "torch", seed=seed, dtype=dtype, device=device)
+        self.encoder = enc = build_encoder(spec, "torch", seed=seed, dtype=dtype, device=device)
         self.x = enc.native_input(batch, chunk_frames)
         self.compile_s = None
         if mode == "eager":
