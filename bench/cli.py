@@ -201,6 +201,7 @@ def run_cmd(
     batch: Annotated[Optional[str], typer.Option("--batch", "-b", help="Comma-separated batch sizes, e.g. 1,64. [default: bench.toml run.batches]")] = None,
     chunk: Annotated[Optional[int], typer.Option("--chunk", "-c", help="Input frames (10 ms) per streaming step. [default: bench.toml run.chunk_frames]")] = None,
     torch_modes: Annotated[Optional[str], typer.Option("--torch-mode", help="eager, compile or eager,compile. [default: bench.toml run.torch_modes]")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16 (what accelerators serve in). [default: bench.toml run.dtype]")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="Config file. [default: ./bench.toml if present]")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create. [default: reports/runs/<UTC time>-<device>/]")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Few repetitions (bench.toml [measure.quick]): smoke runs and CI.")] = False,
@@ -219,6 +220,7 @@ def run_cmd(
       bench run --quick                           # a smoke run (few repetitions)
       bench run --variant practical,baseline --framework jax --batch 1
       bench run --variant 'conv*' --device gpu --out reports/runs/gpu-test
+      bench run --device tpu --framework jax --dtype bfloat16
     """
     from bench import results, runner
 
@@ -237,6 +239,10 @@ def run_cmd(
             if not modes or any(m not in TORCH_MODES for m in modes):
                 raise UsageProblem(f"--torch-mode {torch_modes!r}: choose from {', '.join(TORCH_MODES)}")
             run_cfg = replace(run_cfg, torch_modes=modes)
+        if dtype is not None:
+            if dtype not in ("float32", "bfloat16"):
+                raise UsageProblem(f"--dtype {dtype!r}: choose from float32, bfloat16")
+            run_cfg = replace(run_cfg, dtype=dtype)
         device = device if device is not None else run_cfg.device
         _check_device(device, frameworks)
         out_dir = out if out is not None else _default_out(run_cfg.out_dir, device)
@@ -253,6 +259,7 @@ def run_cmd(
         effective = cfg.to_dict()
         effective["run"].update(variants=",".join(variant_names), frameworks=list(frameworks), device=device,
                                 batches=list(batches), chunk_frames=chunk_frames, torch_modes=list(run_cfg.torch_modes),
+                                dtype=run_cfg.dtype,
                                 out_dir=str(out_dir), machine_tag=tag)
         effective["quick_run"] = quick
         effective["measure_used"] = effective["quick" if quick else "measure"]

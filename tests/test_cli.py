@@ -86,6 +86,7 @@ def test_no_arguments_prints_help():
     (["run", "--framework", "tf"], "'tf' is not one of jax, torch"),
     (["run", "--device", "xpu"], "'xpu' is not one of cpu, gpu, tpu"),
     (["run", "--torch-mode", "jit"], "choose from eager, compile"),
+    (["run", "--dtype", "fp8"], "choose from float32, bfloat16"),
     (["run", "--no-such-flag"], "No such option"),
     (["report", "/no/such/run"], "no such run folder"),
     (["report", "."], "not a run folder"),
@@ -215,6 +216,11 @@ def test_flags_override_the_config(monkeypatch, tmp_path):
     result = invoke("run", "--config", str(config), "--out", str(tmp_path / "a"))
     assert result.exit_code == 0, result.output
     assert [(c["variant"], c["framework"], c["batch"], c["chunk_frames"]) for c in fake.calls] == [("baseline", "jax", 2, 12)]
+    assert fake.calls[0]["dtype"] == "float32"
+    fake.calls.clear()
+    result = invoke("run", "--config", str(config), "--out", str(tmp_path / "bf16"), "--dtype", "bfloat16")
+    assert result.exit_code == 0, result.output
+    assert [c["dtype"] for c in fake.calls] == ["bfloat16"]
     fake.calls.clear()
     result = invoke("run", "--config", str(config), "--out", str(tmp_path / "b"), "--batch", "1,3", "--framework", "all",
                     "--quick", "--torch-mode", "eager,compile")
