@@ -303,6 +303,8 @@ def report_cmd(
 
         _, df = load_runs(run_dirs)
         text = report.render_table(df, fmt)
+        if fmt == "markdown" and (predictions := report.render_predictions(df)):
+            text += "\n" + predictions
     _emit(text, out)
 
 

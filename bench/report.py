@@ -331,6 +331,42 @@ def render_table(df: pd.DataFrame, fmt: str = "markdown") -> str:
     raise ValueError(f"unknown table format {fmt!r}; choose one of: markdown, csv, latex")
 
 
+# ---- predictions on named accelerators --------------------------------------------------------------
+
+def predicted_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Roofline-predicted step latency (ms) on the named devices of bench.roofline, and the speedup
+    over the baseline it implies, per variant and batch. A lower bound from the spec's FLOPs and
+    bytes per step, not a measurement; the same for every framework, so one row per variant."""
+    device_cols = [c for c in df.columns if c.startswith("roofline_ms_")]
+    if not device_cols or "batch" not in df:
+        return pd.DataFrame()
+    rows = []
+    for batch in sorted(df["batch"].dropna().unique()):
+        at_batch = df[df["batch"] == batch].drop_duplicates("variant").set_index("variant")
+        base = at_batch.loc["baseline"] if "baseline" in at_batch.index else None
+        for variant in [v for v in variant_order(df) if v in at_batch.index]:
+            row = {"variant": variant, "batch": int(batch)}
+            for col in device_cols:
+                name = col.removeprefix("roofline_ms_")
+                ms = _num(at_batch.loc[variant, col])
+                row[f"{name} (ms)"] = ms
+                row[f"{name} speedup (x)"] = _num(base[col]) / ms if base is not None and ms else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render_predictions(df: pd.DataFrame) -> str:
+    table = predicted_table(df)
+    if table.empty:
+        return ""
+    shown = table.copy()
+    for col in shown.columns[2:]:
+        shown[col] = shown[col].map(lambda v: f"{v:.3g}" if v == v else "–")
+    note = ("> predicted per-step latency on named accelerators: roofline lower bound max(FLOPs / peak, "
+            "bytes / bandwidth) from the analytic counts and public peaks (bench/roofline.py), not measured")
+    return note + "\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
 # ---- comparing two runs -------------------------------------------------------------------------------
 
 def row_key(record: Mapping) -> tuple:

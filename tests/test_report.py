@@ -178,3 +178,16 @@ def test_compare_reads_run_folders_written_by_bench_results(tmp_path):
     assert set(out["mark"]) == {"+"}
     text = report.render_comparison(out, "markdown")
     assert "Mann-Whitney" in text and "| baseline" in text
+
+
+def test_predicted_table_divides_the_baseline_bound_by_each_variants():
+    df = pd.DataFrame([
+        {"variant": "baseline", "framework": "jax", "batch": 1, "roofline_ms_tpu_v4": 0.4},
+        {"variant": "baseline", "framework": "torch", "batch": 1, "roofline_ms_tpu_v4": 0.4},
+        {"variant": "practical", "framework": "jax", "batch": 1, "roofline_ms_tpu_v4": 0.1},
+    ])
+    table = report.predicted_table(df)
+    assert list(table["variant"]) == ["baseline", "practical"]
+    assert table.set_index("variant").loc["practical", "tpu_v4 speedup (x)"] == pytest.approx(4.0)
+    assert "not measured" in report.render_predictions(df)
+    assert report.predicted_table(df.drop(columns="roofline_ms_tpu_v4")).empty
