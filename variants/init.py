@@ -5,13 +5,32 @@ here, drawn per name so adding a layer does not change the others.
 """
 
 import zlib
+from collections import OrderedDict
 
 import numpy as np
 
 from variants.performer_features import orthogonal_features
 
 
+# Building the same model in both frameworks (as `bench run` does, one after the other) would draw
+# ~100M normals twice; the most recent ~1 GB of drawn arrays are kept. Arrays are never written to.
+_CACHE_BYTES = 1 << 30
+_cache: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+
+
 def init_weight(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    key = (name, tuple(shape), seed)
+    if (hit := _cache.get(key)) is not None:
+        return hit
+    value = _draw(name, tuple(shape), seed)
+    value.flags.writeable = False
+    _cache[key] = value
+    while sum(a.nbytes for a in _cache.values()) > _CACHE_BYTES and len(_cache) > 1:
+        _cache.popitem(last=False)
+    return value
+
+
+def _draw(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     leaf = name.rsplit(".", 1)[-1]
     if leaf == "features":  # Performer projection [m, head_dim]: orthogonal Gaussian rows

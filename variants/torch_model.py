@@ -7,6 +7,7 @@ so `state_dict()` names and arrays are the canonical weights shared with JAX.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -438,7 +439,8 @@ class TorchEncoder:
         self.device = device if device is not None else torch.device("cpu")
         self._tdtype = _DTYPES[dtype]
         self.module = Encoder(spec).eval()
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # copied at once
             for name, p in self.module.named_parameters():
                 p.copy_(torch.from_numpy(init_weight(name, tuple(p.shape), seed)))
         self.module.to(device=self.device, dtype=self._tdtype)
