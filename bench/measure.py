@@ -83,7 +83,8 @@ def _variant_name(spec) -> str:
     return "custom"
 
 
-def _one_line(error: BaseException) -> str:
+def one_line_error(error: BaseException) -> str:
+    """'Type: first line of the message': how a failed record states its error."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -215,7 +216,7 @@ def measure(variant, framework: str, device: str, batch: int, chunk_frames: int,
         raise
     except Exception as e:  # noqa: BLE001 - a failed measurement is data
         record["status"] = "failed"
-        record["error"] = _one_line(e)
+        record["error"] = one_line_error(e)
     record["warnings"] = "; ".join(notes) or None
     record["measure_wall_s"] = time.perf_counter() - t_start
     return record

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from bench.config import MeasureConfig
-from bench.measure import RAW_STEP_KEY, RECORD_KEYS
+from bench.measure import RAW_STEP_KEY, RECORD_KEYS, one_line_error
 from bench.report import BASELINE
 from bench.results import RunWriter
 
@@ -84,11 +84,6 @@ def make_settings(settings_cls: type, config: MeasureConfig) -> Any:
         known = {f.name for f in dataclasses.fields(settings_cls)}
         wanted = {k: v for k, v in wanted.items() if k in known}
     return settings_cls(**wanted)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def normalise_record(record: Mapping[str, Any], job: Job, plan: RunPlan) -> dict[str, Any]:
@@ -166,7 +161,7 @@ def run(plan: RunPlan, settings: Any, writer: RunWriter, *, measure_fn: Callable
                 except DeviceUnavailableError:
                     raise
                 except Exception as e:  # noqa: BLE001 - a failure is data; measure should not raise, but may
-                    raw = {"status": "failed", "error": _one_line(e)}
+                    raw = {"status": "failed", "error": one_line_error(e)}
                 raw = dict(raw)
                 step_times = raw.pop(RAW_STEP_KEY, None)  # to raw_times.json: results stay one row per record
                 record = normalise_record(raw, job, plan)

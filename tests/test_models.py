@@ -5,6 +5,7 @@ import pytest
 
 import variants
 from variants import analytic
+from variants.state import array_leaves
 from tiny import tiny_variants
 
 TINY = tiny_variants()
@@ -89,11 +90,10 @@ def test_params_and_state_bytes_match_analytic(built, name):
 def test_state_bytes_sum_the_real_state_arrays(built):
     import jax
 
-    from variants.torch_model import _state_tensors
 
     jax_enc, torch_enc = built["baseline"]
     assert jax_enc.state_bytes(2) == sum(a.nbytes for a in jax.tree_util.tree_leaves(jax_enc.init_state(2)))
-    assert torch_enc.state_bytes(2) == sum(t.nbytes for t in _state_tensors(torch_enc.init_state(2)))
+    assert torch_enc.state_bytes(2) == sum(t.nbytes for t in array_leaves(torch_enc.init_state(2)))
     # conv-only blocks keep no attention state; the Performer's does not grow with the left context
     kinds = analytic.state_bytes_breakdown
     assert kinds(TINY["conv_lower"], 1)["attention"] < kinds(TINY["baseline"], 1)["attention"]
@@ -139,7 +139,7 @@ def test_full_size_parameter_and_state_counts_match_analytic(name):
     assert sum(p.numel() for p in module.parameters()) == analytic.param_count(spec)
     with torch.device("meta"):
         state = torch_model.Encoder(spec).init_state(4)
-    assert sum(t.numel() * t.element_size() for t in torch_model._state_tensors(state)) == analytic.state_bytes(spec, 4)
+    assert sum(t.numel() * t.element_size() for t in array_leaves(state)) == analytic.state_bytes(spec, 4)
     flax_module = jax_model.Encoder(spec)
     dummy = jnp.zeros((1, spec.output_stride, spec.input_dim))
     shapes = jax.eval_shape(lambda: flax_module.init(jax.random.PRNGKey(0), dummy, method=jax_model.Encoder.init_all))

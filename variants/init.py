@@ -16,17 +16,20 @@ from variants.performer_features import orthogonal_features
 # ~100M normals twice; the most recent ~1 GB of drawn arrays are kept. Arrays are never written to.
 _CACHE_BYTES = 1 << 30
 _cache: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_cached_bytes = 0
 
 
 def init_weight(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    global _cached_bytes
     key = (name, tuple(shape), seed)
     if (hit := _cache.get(key)) is not None:
         return hit
     value = _draw(name, tuple(shape), seed)
     value.flags.writeable = False
     _cache[key] = value
-    while sum(a.nbytes for a in _cache.values()) > _CACHE_BYTES and len(_cache) > 1:
-        _cache.popitem(last=False)
+    _cached_bytes += value.nbytes
+    while _cached_bytes > _CACHE_BYTES and len(_cache) > 1:
+        _cached_bytes -= _cache.popitem(last=False)[1].nbytes
     return value
 
 
@@ -41,3 +44,16 @@ def _draw(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
         return np.zeros(shape, np.float32)
     fan_in = shape[0]  # kernels are [in, out]; the depthwise kernel [K, d] has fan-in K
     return (rng.standard_normal(shape, np.float32) / np.sqrt(fan_in)).astype(np.float32)
+
+
+def check_weights(expected_shapes: dict[str, tuple[int, ...]], weights: dict[str, np.ndarray]) -> None:
+    """Raise a ValueError unless `weights` has exactly the expected canonical names and shapes.
+
+    Both frameworks' `load_weights` call this before changing anything, so a bad dict loads nothing."""
+    if missing := set(expected_shapes) - set(weights):
+        raise ValueError(f"load_weights: missing {sorted(missing)[:5]} ({len(missing)} in all)")
+    if extra := set(weights) - set(expected_shapes):
+        raise ValueError(f"load_weights: unexpected {sorted(extra)[:5]} ({len(extra)} in all)")
+    for name, shape in expected_shapes.items():
+        if tuple(weights[name].shape) != tuple(shape):
+            raise ValueError(f"load_weights: {name} has shape {weights[name].shape}, expected {tuple(shape)}")

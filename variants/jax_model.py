@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from variants import analytic
-from variants.init import init_weight
+from variants.init import check_weights, init_weight
 from variants.spec import EncoderSpec, SecondPassSpec
 from variants.state import StackBuffer
 
@@ -538,20 +537,8 @@ class JaxEncoder:
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
         flat, treedef = jax.tree_util.tree_flatten_with_path(self.params)
         names = [_canonical(path) for path, _ in flat]
-        if missing := set(names) - set(weights):
-            raise ValueError(f"load_weights: missing {sorted(missing)[:5]} ({len(missing)} in all)")
-        if extra := set(weights) - set(names):
-            raise ValueError(f"load_weights: unexpected {sorted(extra)[:5]} ({len(extra)} in all)")
-        leaves = []
-        for name, (_, old) in zip(names, flat):
-            if tuple(weights[name].shape) != tuple(old.shape):
-                raise ValueError(f"load_weights: {name} has shape {weights[name].shape}, expected {old.shape}")
-            leaves.append(self._put(weights[name]))
-        self.params = jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def analytic_state_bytes(spec: EncoderSpec, batch: int, dtype: str) -> int:
-    return analytic.state_bytes(spec, batch, jnp.dtype(_DTYPES[dtype]).itemsize)
+        check_weights({name: leaf.shape for name, (_, leaf) in zip(names, flat)}, weights)
+        self.params = jax.tree_util.tree_unflatten(treedef, [self._put(weights[name]) for name in names])
 
 
 def jax_device(name: str | None):

@@ -7,7 +7,7 @@ Both the JAX/Flax and the PyTorch model are built from an `EncoderSpec`; the ana
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 BLOCK_KINDS = ("conformer", "conv")  # "conv": Lingvo's layer_order='conv', no attention at all

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from variants.init import init_weight
+from variants.init import check_weights, init_weight
 from variants.spec import EncoderSpec, SecondPassSpec
-from variants.state import StackBuffer
+from variants.state import StackBuffer, array_leaves
 
 LN_EPS = 1e-5
 FAVOR_EPS = 1e-6
@@ -416,19 +416,6 @@ class Encoder(nn.Module):
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def _state_tensors(state):
-    if isinstance(state, StackBuffer):
-        yield state.frames
-    elif isinstance(state, dict):
-        for value in state.values():
-            yield from _state_tensors(value)
-    elif isinstance(state, (tuple, list)):
-        for value in state:
-            yield from _state_tensors(value)
-    elif isinstance(state, torch.Tensor):
-        yield state
-
-
 class TorchEncoder:
     """Numpy-in/numpy-out encoder (see variants.build); `module` is the nn.Module."""
 
@@ -492,21 +479,16 @@ class TorchEncoder:
         return sum(p.numel() for p in self.module.parameters())
 
     def state_bytes(self, batch: int) -> int:
-        return sum(t.nbytes for t in _state_tensors(self.init_state(batch)))
+        return sum(t.nbytes for t in array_leaves(self.init_state(batch)))
 
     def weights(self) -> dict[str, np.ndarray]:
         return {name: p.detach().float().cpu().numpy() for name, p in self.module.named_parameters()}
 
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
         own = dict(self.module.named_parameters())
-        if missing := set(own) - set(weights):
-            raise ValueError(f"load_weights: missing {sorted(missing)[:5]} ({len(missing)} in all)")
-        if extra := set(weights) - set(own):
-            raise ValueError(f"load_weights: unexpected {sorted(extra)[:5]} ({len(extra)} in all)")
+        check_weights({name: tuple(p.shape) for name, p in own.items()}, weights)
         with torch.no_grad():
             for name, p in own.items():
-                if tuple(weights[name].shape) != tuple(p.shape):
-                    raise ValueError(f"load_weights: {name} has shape {weights[name].shape}, expected {tuple(p.shape)}")
                 p.copy_(torch.from_numpy(np.array(weights[name], np.float32)).to(p.dtype))
 
 

@@ -7,9 +7,10 @@ seed) -> Session`. The session owns the built encoder, the compiled step and its
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
+
+from variants.state import array_leaves as leaves  # noqa: F401 (the adapters' tree walker)
 
 MODES = {"jax": ("jit",), "torch": ("eager", "compile")}
 DEFAULT_MODE = {"jax": "jit", "torch": "eager"}
@@ -46,21 +47,6 @@ def resolve_mode(framework: str, mode: str | None) -> str:
     return mode
 
 
-def leaves(tree: Any) -> Iterator[Any]:
-    """Array leaves of a state/output tree of dicts, tuples, lists and dataclasses (ints skipped)."""
-    if tree is None or isinstance(tree, (int, float, bool, str)):
-        return
-    if isinstance(tree, dict):
-        for value in tree.values():
-            yield from leaves(value)
-    elif isinstance(tree, (tuple, list)):
-        for value in tree:
-            yield from leaves(value)
-    elif dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-        for f in dataclasses.fields(tree):
-            yield from leaves(getattr(tree, f.name))
-    else:
-        yield tree
 
 
 _last_built: tuple[tuple, Any] | None = None
@@ -80,3 +66,15 @@ def build_encoder(spec: Any, framework: str, *, seed: int, dtype: str, device: s
         _last_built = None  # free the previous model before building the next
         _last_built = (key, variants.build(spec, framework, seed=seed, dtype=dtype, device=device))
     return _last_built[1]
+
+
+def second_pass_segment(encoder: Any, batch: int) -> Callable[[], Any] | None:
+    """A callable encoding one cascade second-pass segment (numpy out, so already synchronised),
+    or None when the variant has no second pass."""
+    sp = encoder.spec.second_pass
+    if sp is None:
+        return None
+    import numpy as np
+
+    y = np.random.default_rng(0).standard_normal((batch, sp.segment_frames, encoder.spec.model_dim), np.float32)
+    return lambda: encoder.second_pass_forward(y)

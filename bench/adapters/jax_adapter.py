@@ -13,11 +13,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-import variants
 from bench import counters, roofline
-from bench.adapters import build_encoder, leaves
+from bench.adapters import build_encoder, leaves, second_pass_segment
 from bench.devices import device_name
 
 MAX_PHASES = 16  # distinct state structures (time-reduction buffer counts) we compile for
@@ -100,12 +98,7 @@ class JaxSession:
             f"jax on {self.device_name}: {n}^2 {self.dtype} matmul, 256 MiB elementwise copy (read+write)")
 
     def second_pass_step(self) -> Callable[[], Any] | None:
-        sp = self.spec.second_pass
-        if sp is None:
-            return None
-        y = np.random.default_rng(0).standard_normal((self.batch, sp.segment_frames, self.spec.model_dim),
-                                                     np.float32)
-        return lambda: self.encoder.second_pass_forward(y)  # numpy out: already synchronised
+        return second_pass_segment(self.encoder, self.batch)
 
 
 def _avals(state) -> dict[str, tuple]:

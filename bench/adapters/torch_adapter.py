@@ -11,13 +11,11 @@ import time
 import warnings
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-import variants
 from bench import counters, roofline
-from bench.adapters import build_encoder, leaves
+from bench.adapters import build_encoder, leaves, second_pass_segment
 from bench.devices import device_name
 
 COMPILE_CALLS = 2  # calls timed as compile_s in "compile" mode
@@ -128,12 +126,7 @@ class TorchSession:
             f"torch on {self.device_name}: {n}^2 {self.dtype} matmul, 256 MiB copy (read+write)")
 
     def second_pass_step(self) -> Callable[[], Any] | None:
-        sp = self.spec.second_pass
-        if sp is None:
-            return None
-        y = np.random.default_rng(0).standard_normal((self.batch, sp.segment_frames, self.spec.model_dim),
-                                                     np.float32)
-        return lambda: self.encoder.second_pass_forward(y)  # numpy out: already synchronised
+        return second_pass_segment(self.encoder, self.batch)
 
 
 def prepare(spec, **kwargs) -> TorchSession:
