@@ -10,13 +10,10 @@ bfloat16 matmuls in float32, so bfloat16 only halves the bytes, not the FLOP tim
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
-
-import numpy as np
 
 COPY_BYTES = 256 * 2**20  # per array: far beyond any CPU cache, small enough for a laptop
 MATMUL_N = 2048  # 2 x 2048^3 = 17 GFLOP; one call takes ~0.1-0.3 s on 2 cores
@@ -28,10 +25,6 @@ class Peaks:
     flops_per_s: float
     bytes_per_s: float
     source: str  # how they were obtained, for reports
-
-    @property
-    def ridge_flops_per_byte(self) -> float:
-        return self.flops_per_s / self.bytes_per_s
 
 
 @dataclass(frozen=True)
@@ -100,9 +93,14 @@ def _best_time(fn: Callable[[], Any], repeats: int = REPEATS) -> float:
 
 
 def _numpy_copy_bandwidth(nbytes: int = COPY_BYTES) -> float:
+    # Imported here, not at the top: bench.schema reads NAMED_DEVICES, and `bench --help` stays instant.
+    import numpy as np
+
+    from bench.machine import usable_cores
+
     src = np.ones(nbytes // 4, np.float32)
     dst = np.empty_like(src)
-    threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    threads = usable_cores()
     bounds = np.linspace(0, src.size, threads + 1).astype(int)
     slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -118,6 +116,8 @@ def _numpy_copy_bandwidth(nbytes: int = COPY_BYTES) -> float:
 
 
 def _numpy_matmul_flops(n: int = MATMUL_N) -> float:
+    import numpy as np
+
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), np.float32)
     b = rng.standard_normal((n, n), np.float32)

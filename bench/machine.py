@@ -1,4 +1,5 @@
-"""Resolve "cpu" | "gpu" | "tpu" to a framework's device at run time, and describe the machine.
+"""The machine a run measures on: the one device resolver for both frameworks, and what a run records
+about the host (CPU, cores, threads, library versions, the git commit of this code).
 
 Nothing is hard-coded to CPU: JAX devices come from `jax.devices(platform)`, PyTorch's from CUDA
 (gpu) and torch_xla (tpu, only when installed). Asking for a device that is not there raises
@@ -11,13 +12,17 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import socket
+import subprocess
 import sys
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-DEVICE_KINDS = ("cpu", "gpu", "tpu")
-FRAMEWORKS = ("jax", "torch")
-_LIBRARIES = ("numpy", "jax", "jaxlib", "flax", "torch", "torch_xla", "fvcore")
+from bench.schema import DEVICES, FRAMEWORKS
+
+LIBRARIES = ("numpy", "jax", "jaxlib", "flax", "torch", "torch_xla", "fvcore")
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -27,8 +32,8 @@ class DeviceUnavailableError(RuntimeError):
 def _check(framework: str, device: str) -> None:
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework={framework!r} is not one of {FRAMEWORKS}")
-    if device not in DEVICE_KINDS:
-        raise ValueError(f"device={device!r} is not one of {DEVICE_KINDS}")
+    if device not in DEVICES:
+        raise ValueError(f"device={device!r} is not one of {DEVICES}")
 
 
 # ---- JAX -------------------------------------------------------------------------------------
@@ -68,13 +73,13 @@ def _torch_device(kind: str):
     return None
 
 
-# ---- public ----------------------------------------------------------------------------------
+# ---- devices ---------------------------------------------------------------------------------
 def available_devices(frameworks: tuple[str, ...] = FRAMEWORKS) -> dict[str, list[str]]:
     """Device kinds each framework can use here, e.g. {"jax": ["cpu"], "torch": ["cpu", "gpu"]}."""
     out: dict[str, list[str]] = {}
     for framework in frameworks:
         kinds = []
-        for kind in DEVICE_KINDS:
+        for kind in DEVICES:
             try:
                 found = _jax_devices(kind) if framework == "jax" else _torch_device(kind) is not None
             except ImportError:
@@ -85,12 +90,21 @@ def available_devices(frameworks: tuple[str, ...] = FRAMEWORKS) -> dict[str, lis
     return out
 
 
+def check_available(device: str, frameworks: tuple[str, ...]) -> None:
+    """DeviceUnavailableError (one line, naming what each framework has) unless every framework has `device`."""
+    available = available_devices(frameworks)
+    missing = [fw for fw in frameworks if device not in available.get(fw, [])]
+    if missing:
+        here = "; ".join(f"{fw}: {', '.join(kinds) or 'none'}" for fw, kinds in available.items())
+        raise DeviceUnavailableError(
+            f"device {device!r} is not available to {', '.join(missing)} on this machine; available: {here}")
+
+
 def resolve_device(framework: str, device: str) -> Any:
     """The framework's native device for `device` ("cpu" | "gpu" | "tpu"): a jax.Device or a torch.device.
 
     Raises DeviceUnavailableError (one line, naming what is available) when it is not there."""
     _check(framework, device)
-    native = None
     if framework == "jax":
         found = _jax_devices(device)
         native = found[0] if found else None
@@ -102,18 +116,6 @@ def resolve_device(framework: str, device: str) -> Any:
             f"device {device!r} is not available to {framework} on this machine; "
             f"available: {', '.join(available) or 'none'}")
     return native
-
-
-@lru_cache(maxsize=1)
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_name(native: Any) -> str:
@@ -132,9 +134,41 @@ def device_name(native: Any) -> str:
     return str(native)
 
 
+# ---- the host --------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), which is what XLA's CPU client sizes its pool to."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def framework_threads(framework: str | None) -> int:
+    """Threads `framework` computes with: torch.get_num_threads() for PyTorch; for JAX the XLA CPU
+    client sizes its pool to the usable cores (XLA_FLAGS kept), so the affinity count."""
+    if framework == "torch" or (framework is None and "torch" in sys.modules):
+        import torch
+
+        return torch.get_num_threads()
+    return usable_cores()
+
+
 def library_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
-    for name in _LIBRARIES:
+    for name in LIBRARIES:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -143,27 +177,15 @@ def library_versions() -> dict[str, str | None]:
 
 
 def machine_info(framework: str | None = None) -> dict[str, Any]:
-    """Threads, CPU, Python and library versions, as flat record keys.
-
-    `threads` is what the framework computes with: torch.get_num_threads() for PyTorch; for JAX the
-    XLA CPU client sizes its pool to the usable cores, so it is the affinity count (XLA_FLAGS kept)."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count() or 1
-    threads = usable
-    if framework == "torch" or (framework is None and "torch" in sys.modules):
-        import torch
-
-        threads = torch.get_num_threads()
+    """Threads, CPU, Python and library versions, as flat record keys."""
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         load = None
     info: dict[str, Any] = {
-        "threads": threads,
+        "threads": framework_threads(framework),
         "cpu_count": os.cpu_count(),
-        "usable_cores": usable,
+        "usable_cores": usable_cores(),
         "load_avg_1m": load,  # other jobs on the cores make step times (torch's above all) unreliable
         "cpu_name": cpu_name(),
         "platform": platform.platform(),
@@ -172,3 +194,39 @@ def machine_info(framework: str | None = None) -> dict[str, Any]:
     }
     info.update({f"version_{name}": v for name, v in library_versions().items()})
     return info
+
+
+def environment() -> dict[str, Any]:
+    """Machine, library versions and thread settings for a run's metadata, without importing a framework."""
+    return {
+        "machine": {
+            "hostname": socket.gethostname(),
+            "platform": platform.platform(),
+            "cpu_name": cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "usable_cores": usable_cores(),
+            "python": platform.python_version(),
+        },
+        "versions": library_versions(),
+        "threads": {
+            # per framework already loaded (a run loads them; metadata never imports one itself)
+            **{fw: framework_threads(fw) for fw in FRAMEWORKS if fw in sys.modules},
+            **{var: os.environ.get(var) for var in THREAD_ENV_VARS},
+        },
+    }
+
+
+def git_info(repo: str | Path | None = None) -> dict[str, Any]:
+    """Commit and dirtiness of the checkout holding this code (None outside a git checkout)."""
+    cwd = Path(repo) if repo is not None else Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}

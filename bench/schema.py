@@ -1,0 +1,51 @@
+"""The harness's vocabulary: frameworks, modes, devices, dtypes, the keys of a record, and what identifies one.
+
+Every other module imports these names from here; none keeps its own list.
+"""
+
+from __future__ import annotations
+
+from bench.roofline import NAMED_DEVICES
+
+FRAMEWORKS = ("jax", "torch")
+MODES = {"jax": ("jit",), "torch": ("eager", "compile")}  # how a framework runs the step
+DEFAULT_MODE = {"jax": "jit", "torch": "eager"}
+DEVICES = ("cpu", "gpu", "tpu")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+DTYPES = tuple(DTYPE_BYTES)
+
+BASELINE = "baseline"  # speedups divide by this variant, measured in the same run and setting
+
+# What one measurement varies besides the variant; a record's speedup divides by the baseline that
+# shares all of these (and, in a merge of several runs, the run and the machine).
+SETTING_FIELDS = ("framework", "mode", "device", "dtype", "batch", "chunk_frames")
+# A record within one run: one run has one chunk size and one dtype, so these fields identify it.
+# raw_times.json is keyed on them ("variant|framework|mode|device|batch") and `bench compare` matches on them.
+ROW_KEY = ("variant", "framework", "mode", "device", "batch")
+
+RAW_STEP_KEY = "raw_step_s"  # the record key holding the raw per-step seconds (moved to raw_times.json on disk)
+
+# Every record has all of these keys (None where not measured), in results.csv's column order.
+RECORD_KEYS = (
+    "variant", "framework", "mode", "device", "device_name", "dtype", "batch", "chunk_frames",
+    "params", "weight_bytes", "state_bytes_per_stream", "state_bytes_attention", "state_bytes_conv",
+    "state_bytes_time_reduction", "macs_per_step", "flops_per_step", "transcendentals_per_step",
+    "flops_per_step_xla", "flops_per_step_torch", "flops_per_step_fvcore", "bytes_per_step",
+    "arithmetic_intensity", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
+    "latency_ms_iqr", "compile_s", "iterations", "rtf", "audio_s_per_s", "speedup_vs_baseline",
+    "roofline_bound_ms", "roofline_fraction", "second_pass_macs_per_segment", "second_pass_latency_ms_p50",
+    "status", "error",
+)
+# Further keys `bench.measure` always sets: cross-check details, the spec's own counts, timing diagnostics.
+EXTRA_KEYS = (
+    "params_analytic", "params_first_pass", "weight_bytes_first_pass", "state_bytes", "state_bytes_measured",
+    "audio_s_per_step", "flops_per_step_xla_transcendentals", "bytes_accessed_xla",
+    "flops_per_step_fvcore_total", "counter_notes", "latency_ms_min", "latency_iqr_over_median", "latency_noisy",
+    "timing_capped", "warmup_iterations", "peak_flops_per_s", "peak_bytes_per_s", "peaks_source",
+    "warnings", "measure_wall_s", *(f"roofline_ms_{k}" for k in NAMED_DEVICES),
+)
+
+
+def raw_key(record) -> str:
+    """A record's key in raw_times.json: its ROW_KEY values joined by '|'."""
+    return "|".join(str(record.get(k)) for k in ROW_KEY)
