@@ -1,26 +1,25 @@
-"""bench.toml: the run defaults (what `bench run` measures with no flags) as frozen dataclasses.
+"""bench.toml and `bench run`'s flags -> one Config: what a run measures (RunConfig) and how long (MeasureSettings).
 
-Every problem in the file becomes one `ConfigError` whose message names the file, the key and,
-where it can be found, the line, so the CLI can print it as a single line and exit 2.
+The repository's bench.toml is the single source of every default and preset. Every problem in a
+file becomes one `ConfigError` naming the file, the key and, where it can be found, the line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CONFIG_PATH = Path("bench.toml")
-FRAMEWORKS = ("jax", "torch")
-DEVICES = ("cpu", "gpu", "tpu")
-DTYPES = ("float32", "bfloat16")
-TORCH_MODES = ("eager", "compile")
-JAX_MODES = ("jit",)
-LADDER = ("baseline", "conv_lower", "conv_lower_downsized", "practical", "practical_cascade")
+from bench.schema import DEVICES, DTYPES, FRAMEWORKS, MODES
+
+DEFAULT_CONFIG_PATH = Path("bench.toml")  # the user's, in the folder `bench` runs from
+# The repository's bench.toml holds every default and preset; a user's file only overrides keys of it.
+SHIPPED_CONFIG_PATH = Path(__file__).resolve().parent.parent / "bench.toml"
 
 
 class ConfigError(ValueError):
@@ -34,32 +33,36 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
 
 
-@dataclass(frozen=True)
-class MeasureConfig:
-    """How long each measurement runs; `bench.measure.MeasureSettings` takes the same field names."""
-
-    warmup_iterations: int = 3
-    min_iterations: int = 20
-    min_time_s: float = 1.0
-    max_time_s: float = 5.0  # stop timing a very slow step (big batch on a small CPU) after this long
-    counters: bool = True  # cross-check FLOPs with XLA / FlopCounterMode / fvcore (seconds per full-size model)
-    second_pass: bool = True  # time the cascade's second pass too
-    roofline: bool = True  # measure this machine's peak FLOP/s and bandwidth (once per process)
+class FlagError(ValueError):
+    """A `bench run` flag with a bad value; str() is the one line shown to the user."""
 
 
 @dataclass(frozen=True)
+class MeasureSettings:
+    """How long each measurement runs: bench.toml's [measure] table, or [measure.quick] for `--quick`."""
+
+    warmup_iterations: int
+    min_iterations: int
+    min_time_s: float
+    max_time_s: float  # stop timing a very slow step (big batch on a small CPU) after this long
+    counters: bool  # cross-check FLOPs with XLA / FlopCounterMode / fvcore (seconds per full-size model)
+    second_pass: bool  # time the cascade's second pass too
+    roofline: bool  # measure this machine's peak FLOP/s and bandwidth (once per process)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """What one `bench run` measures: variants x frameworks x modes x batches on one device."""
 
-    variants: str = ",".join(LADDER)  # anything variants.select() takes: "all", "a,b", "perf*"
-    frameworks: tuple[str, ...] = FRAMEWORKS
-    device: str = "cpu"
-    batches: tuple[int, ...] = (1, 64)  # a device batch (one stream) and a cloud-serving batch
-    chunk_frames: int = 6  # 10 ms input frames per streaming step: 60 ms completes a frame at 30 and 60 ms rates
-    dtype: str = "float32"
-    torch_modes: tuple[str, ...] = ("eager",)
-    jax_modes: tuple[str, ...] = JAX_MODES
-    out_dir: str = "reports/runs"
+    variants: str  # anything variants.select() takes: "all", "a,b", "perf*"
+    frameworks: tuple[str, ...]
+    device: str
+    batches: tuple[int, ...]
+    chunk_frames: int  # 10 ms input frames per streaming step
+    dtype: str
+    torch_modes: tuple[str, ...]
+    jax_modes: tuple[str, ...] = MODES["jax"]
+    out_dir: str  # a run writes <out_dir>/<UTC time>-<device>/, or exactly the folder `--out` names
     machine_tag: str | None = None  # names this machine for absolute latency budgets; None: they are skipped
 
     def modes(self, framework: str) -> tuple[str, ...]:
@@ -68,20 +71,25 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Config:
-    run: RunConfig = field(default_factory=RunConfig)
-    measure: MeasureConfig = field(default_factory=MeasureConfig)
-    quick: MeasureConfig = field(
-        default_factory=lambda: MeasureConfig(warmup_iterations=1, min_iterations=3, min_time_s=0.0, max_time_s=1.0,
-                                              counters=False, second_pass=False, roofline=False)
-    )
+    run: RunConfig
+    measure: MeasureSettings
+    quick: MeasureSettings
     path: Path | None = None
 
-    def measure_for(self, quick: bool) -> MeasureConfig:
+    def measure_for(self, quick: bool) -> MeasureSettings:
         return self.quick if quick else self.measure
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["path"] = str(self.path) if self.path is not None else None
+        return data
+
+    def as_used(self, run: RunConfig, quick: bool) -> dict[str, Any]:
+        """This config as a run used it, for its metadata: `run` (flags applied) in place of [run], and
+        which [measure] preset applied."""
+        data = dataclasses.replace(self, run=run).to_dict()
+        data["quick_run"] = quick
+        data["measure_used"] = data["quick" if quick else "measure"]
         return data
 
 
@@ -148,6 +156,9 @@ def locate(text: str, key_path: tuple[str | int, ...]) -> int | None:
 # ---- typed fields --------------------------------------------------------------------------------
 
 
+REQUIRED = object()  # a default meaning "the file must set this key"
+
+
 class TableReader:
     """Pulls typed values out of one TOML table, raising ConfigErrors that point at the key."""
 
@@ -164,6 +175,11 @@ class TableReader:
         dotted, line = self.location(key)
         return ConfigError(self.path, dotted, message, line)
 
+    def _absent(self, key: str, default: Any) -> Any:
+        if default is REQUIRED:
+            raise self.error(key, "missing; every key of this table needs a value")
+        return default
+
     def reject_unknown(self, allowed: set[str]) -> None:
         for key in self.table:
             if key not in allowed:
@@ -171,7 +187,7 @@ class TableReader:
 
     def string(self, key: str, default: Any, choices: tuple[str, ...] | None = None) -> Any:
         if key not in self.table:
-            return default
+            return self._absent(key, default)
         value = self.table[key]
         if not isinstance(value, str):
             raise self.error(key, f"expected a string, got {value!r}")
@@ -181,7 +197,7 @@ class TableReader:
 
     def strings(self, key: str, default: tuple[str, ...], choices: tuple[str, ...]) -> tuple[str, ...]:
         if key not in self.table:
-            return default
+            return self._absent(key, default)
         value = self.table[key]
         value = [value] if isinstance(value, str) else value
         if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
@@ -193,7 +209,7 @@ class TableReader:
 
     def positive_int(self, key: str, default: int) -> int:
         if key not in self.table:
-            return default
+            return self._absent(key, default)
         value = self.table[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise self.error(key, f"expected a positive integer, got {value!r}")
@@ -201,7 +217,7 @@ class TableReader:
 
     def positive_ints(self, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
         if key not in self.table:
-            return default
+            return self._absent(key, default)
         value = self.table[key]
         value = [value] if isinstance(value, int) and not isinstance(value, bool) else value
         if (
@@ -214,7 +230,7 @@ class TableReader:
 
     def non_negative_int(self, key: str, default: int) -> int:
         if key not in self.table:
-            return default
+            return self._absent(key, default)
         value = self.table[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise self.error(key, f"expected an integer >= 0, got {value!r}")
@@ -223,7 +239,7 @@ class TableReader:
     def number(self, key: str, default: float, *, minimum: float = 0.0, strict: bool = True) -> float:
         """A number > minimum (strict) or >= minimum."""
         if key not in self.table:
-            return default
+            return self._absent(key, default)
         value = self.table[key]
         ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
         if not ok or (value <= minimum if strict else value < minimum):
@@ -232,7 +248,7 @@ class TableReader:
 
     def boolean(self, key: str, default: bool) -> bool:
         if key not in self.table:
-            return default
+            return self._absent(key, default)
         value = self.table[key]
         if not isinstance(value, bool):
             raise self.error(key, f"expected true or false, got {value!r}")
@@ -245,59 +261,162 @@ class TableReader:
         return TableReader(self.path, self.text, value, self.prefix + (key,))
 
 
-def _measure(reader: TableReader, base: MeasureConfig, allow: frozenset[str] = frozenset()) -> MeasureConfig:
-    names = {f.name for f in dataclasses.fields(MeasureConfig)}
-    reader.reject_unknown(names | set(allow))
-    return MeasureConfig(
-        warmup_iterations=reader.non_negative_int("warmup_iterations", base.warmup_iterations),
-        min_iterations=reader.positive_int("min_iterations", base.min_iterations),
-        min_time_s=reader.number("min_time_s", base.min_time_s, strict=False),
-        max_time_s=reader.number("max_time_s", base.max_time_s),
-        counters=reader.boolean("counters", base.counters),
-        second_pass=reader.boolean("second_pass", base.second_pass),
-        roofline=reader.boolean("roofline", base.roofline),
+def _measure(reader: TableReader, base: MeasureSettings | None,
+             allow: frozenset[str] = frozenset()) -> MeasureSettings:
+    """[measure] or [measure.quick]: keys missing from the table come from `base` (None: all required)."""
+    reader.reject_unknown({f.name for f in dataclasses.fields(MeasureSettings)} | set(allow))
+
+    def default(name: str) -> Any:
+        return REQUIRED if base is None else getattr(base, name)
+
+    return MeasureSettings(
+        warmup_iterations=reader.non_negative_int("warmup_iterations", default("warmup_iterations")),
+        min_iterations=reader.positive_int("min_iterations", default("min_iterations")),
+        min_time_s=reader.number("min_time_s", default("min_time_s"), strict=False),
+        max_time_s=reader.number("max_time_s", default("max_time_s")),
+        counters=reader.boolean("counters", default("counters")),
+        second_pass=reader.boolean("second_pass", default("second_pass")),
+        roofline=reader.boolean("roofline", default("roofline")),
     )
 
 
-def parse_config(data: dict[str, Any], path: Path | None = None, text: str = "") -> Config:
-    """Build a Config from parsed TOML; unknown tables are left to their owners (e.g. [budgets])."""
+def parse_config(data: dict[str, Any], path: Path | None = None, text: str = "", base: Config | None = None) -> Config:
+    """Build a Config from parsed TOML; keys it leaves out come from `base` (None: every [run] and
+    [measure] key is required). Unknown tables are left to their owners (e.g. [budgets])."""
     root = TableReader(path, text, data, ())
     root.reject_unknown({"run", "measure", "budgets"})
-    defaults = Config()
+
+    def default(name: str) -> Any:
+        return REQUIRED if base is None else getattr(base.run, name)
 
     run = root.sub("run")
     run.reject_unknown({f.name for f in dataclasses.fields(RunConfig)})
-    variants = run.table.get("variants", defaults.run.variants)
+    variants = run.table.get("variants", default("variants"))
+    if variants is REQUIRED:
+        raise run.error("variants", "missing; every key of this table needs a value")
     if isinstance(variants, list) and variants and all(isinstance(v, str) for v in variants):
         variants = ",".join(variants)
     if not isinstance(variants, str) or not variants.strip():
         raise run.error("variants", f"expected a name, a glob, 'all' or a list of names, got {variants!r}")
-    machine_tag = run.string("machine_tag", None)
     run_config = RunConfig(
         variants=variants,
-        frameworks=run.strings("frameworks", defaults.run.frameworks, FRAMEWORKS),
-        device=run.string("device", defaults.run.device, DEVICES),
-        batches=run.positive_ints("batches", defaults.run.batches),
-        chunk_frames=run.positive_int("chunk_frames", defaults.run.chunk_frames),
-        dtype=run.string("dtype", defaults.run.dtype, DTYPES),
-        torch_modes=run.strings("torch_modes", defaults.run.torch_modes, TORCH_MODES),
-        jax_modes=run.strings("jax_modes", defaults.run.jax_modes, JAX_MODES),
-        out_dir=run.string("out_dir", defaults.run.out_dir),
-        machine_tag=machine_tag or None,
+        frameworks=run.strings("frameworks", default("frameworks"), FRAMEWORKS),
+        device=run.string("device", default("device"), DEVICES),
+        batches=run.positive_ints("batches", default("batches")),
+        chunk_frames=run.positive_int("chunk_frames", default("chunk_frames")),
+        dtype=run.string("dtype", default("dtype"), DTYPES),
+        torch_modes=run.strings("torch_modes", default("torch_modes"), MODES["torch"]),
+        jax_modes=run.strings("jax_modes", MODES["jax"] if base is None else base.run.jax_modes, MODES["jax"]),
+        out_dir=run.string("out_dir", default("out_dir")),
+        machine_tag=run.string("machine_tag", None if base is None else base.run.machine_tag) or None,
     )
 
     measure_reader = root.sub("measure")
-    measure = _measure(measure_reader, defaults.measure, allow=frozenset({"quick"}))
-    quick = _measure(measure_reader.sub("quick"), defaults.quick)
+    measure = _measure(measure_reader, base.measure if base else None, allow=frozenset({"quick"}))
+    quick = _measure(measure_reader.sub("quick"), base.quick if base else None)
     return Config(run=run_config, measure=measure, quick=quick, path=path)
 
 
+def _read_config(path: Path, base: Config | None) -> Config:
+    data, text = read_toml(path)
+    return parse_config(data, path, text, base)
+
+
 def load_config(path: str | Path | None = None) -> Config:
-    """Load bench.toml (or `path`); without a path and without ./bench.toml, the built-in defaults."""
+    """bench.toml as a Config: the repository's bench.toml, overridden key by key by `path` (or by
+    ./bench.toml when there is one and no path is given)."""
+    shipped = _read_config(SHIPPED_CONFIG_PATH, None)
     if path is None:
         if not DEFAULT_CONFIG_PATH.exists():
-            return Config()
+            return shipped
         path = DEFAULT_CONFIG_PATH
     path = Path(path)
-    data, text = read_toml(path)
-    return parse_config(data, path, text)
+    if path.exists() and path.resolve() == SHIPPED_CONFIG_PATH:
+        return shipped
+    return _read_config(path, shipped)
+
+
+# ---- `bench run` flags ---------------------------------------------------------------------------
+
+
+def _parse_batches(text: str) -> tuple[int, ...]:
+    """'1,64' -> (1, 64); every entry a positive integer."""
+    batches = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            value = int(part)
+        except ValueError:
+            raise FlagError(f"--batch {text!r}: {part!r} is not an integer (e.g. --batch 1,64)") from None
+        if value < 1:
+            raise FlagError(f"--batch {text!r}: batch sizes must be >= 1, got {value}")
+        batches.append(value)
+    return tuple(dict.fromkeys(batches))
+
+
+def _parse_frameworks(text: str) -> tuple[str, ...]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if parts == ["all"]:
+        return FRAMEWORKS
+    for part in parts:
+        if part not in FRAMEWORKS:
+            raise FlagError(f"--framework {text!r}: {part!r} is not one of {', '.join(FRAMEWORKS)}, all")
+    if not parts:
+        raise FlagError("--framework is empty; use jax, torch or all")
+    return tuple(dict.fromkeys(parts))
+
+
+def _check_chunk(chunk: int, variant_names: list[str]) -> None:
+    """A step must complete whole output frames for every variant: chunk a multiple of each output stride."""
+    import variants
+
+    if chunk < 1:
+        raise FlagError(f"--chunk must be a positive number of 10 ms input frames, got {chunk}")
+    strides = {name: variants.get(name).spec.output_stride for name in variant_names}
+    bad = {name: s for name, s in strides.items() if chunk % s}
+    if bad:
+        need = math.lcm(*strides.values())
+        name, stride = next(iter(bad.items()))
+        raise FlagError(
+            f"--chunk {chunk} does not complete whole frames for {name} (needs a multiple of {stride} input frames); "
+            f"use a multiple of {need} for this selection, e.g. --chunk {need}"
+        )
+
+
+def _default_out(base: str, device: str) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path(base) / f"{stamp}-{device}"
+
+
+def apply_flags(config: Config, *, variant: str | None = None, framework: str | None = None,
+                batch: str | None = None, chunk: int | None = None, torch_mode: str | None = None,
+                dtype: str | None = None, device: str | None = None, out: Path | None = None,
+                machine_tag: str | None = None) -> RunConfig:
+    """The run `bench run` makes: `config.run` with each flag given (None: not given) in its place.
+
+    The variant selection is resolved to names, `out_dir` to the run folder itself (a fresh
+    <out_dir>/<UTC time>-<device>/ without --out). FlagError (or the registry's UnknownVariantError)
+    for a bad value."""
+    import variants
+
+    run = config.run
+    names = variants.select(variant if variant is not None else run.variants)
+    frameworks = _parse_frameworks(framework) if framework is not None else run.frameworks
+    batches = _parse_batches(batch) if batch is not None else run.batches
+    chunk_frames = chunk if chunk is not None else run.chunk_frames
+    _check_chunk(chunk_frames, names)
+    torch_modes = run.torch_modes
+    if torch_mode is not None:
+        torch_modes = tuple(m.strip() for m in torch_mode.split(",") if m.strip())
+        if not torch_modes or any(m not in MODES["torch"] for m in torch_modes):
+            raise FlagError(f"--torch-mode {torch_mode!r}: choose from {', '.join(MODES['torch'])}")
+    if dtype is not None and dtype not in DTYPES:
+        raise FlagError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+    device = device if device is not None else run.device
+    if device not in DEVICES:
+        raise FlagError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+    return dataclasses.replace(
+        run, variants=",".join(names), frameworks=frameworks, batches=batches, chunk_frames=chunk_frames,
+        torch_modes=torch_modes, dtype=dtype or run.dtype, device=device,
+        out_dir=str(out if out is not None else _default_out(run.out_dir, device)),
+        machine_tag=machine_tag or run.machine_tag)

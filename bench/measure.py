@@ -18,56 +18,14 @@ batch x audio seconds per step / p50.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from bench import roofline, stats, timing
-from bench.devices import DeviceUnavailableError, machine_info, resolve_device  # noqa: F401 (re-exported)
+from bench.config import MeasureSettings, load_config
+from bench.machine import DeviceUnavailableError, machine_info, resolve_device
+from bench.schema import DTYPE_BYTES, EXTRA_KEYS, RAW_STEP_KEY, RECORD_KEYS
 
-RAW_STEP_KEY = "raw_step_s"  # the record key holding the raw per-step seconds
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 BUSY_LOAD_PER_CORE = 1.5  # 1-min load average per usable core above which a record says the machine was busy
-
-# The CONTRACT's keys, in order; every record has all of them (None where not measured).
-RECORD_KEYS = (
-    "variant", "framework", "mode", "device", "device_name", "dtype", "batch", "chunk_frames",
-    "params", "weight_bytes", "state_bytes_per_stream", "state_bytes_attention", "state_bytes_conv",
-    "state_bytes_time_reduction", "macs_per_step", "flops_per_step", "transcendentals_per_step",
-    "flops_per_step_xla", "flops_per_step_torch", "flops_per_step_fvcore", "bytes_per_step",
-    "arithmetic_intensity", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
-    "latency_ms_iqr", "compile_s", "iterations", "rtf", "audio_s_per_s", "speedup_vs_baseline",
-    "roofline_bound_ms", "roofline_fraction", "second_pass_macs_per_segment", "second_pass_latency_ms_p50",
-    "status", "error",
-)
-# Keys beyond the CONTRACT, also always present.
-EXTRA_KEYS = (
-    "params_analytic", "params_first_pass", "weight_bytes_first_pass", "state_bytes", "state_bytes_measured",
-    "audio_s_per_step", "flops_per_step_xla_transcendentals", "bytes_accessed_xla",
-    "flops_per_step_fvcore_total", "counter_notes", "latency_ms_min", "latency_iqr_over_median", "latency_noisy",
-    "timing_capped", "warmup_iterations", "peak_flops_per_s", "peak_bytes_per_s", "peaks_source",
-    "warnings", "measure_wall_s", *(f"roofline_ms_{k}" for k in roofline.NAMED_DEVICES),
-)
-
-
-@dataclass(frozen=True)
-class MeasureSettings:
-    """How long one measurement runs. Field names match bench.config.MeasureConfig.
-
-    The defaults measure one variant at one batch in well under 20 s on a 2-core CPU (build,
-    compile, counters and timing together); `quick()` is for smoke runs and tests."""
-
-    warmup_iterations: int = 3
-    min_iterations: int = 20
-    min_time_s: float = 1.0
-    max_time_s: float = 5.0  # cap on timed steps: a slow step (big batch, small CPU) stops here
-    counters: bool = True  # run XLA / FlopCounterMode / fvcore (a few seconds for full-size models)
-    second_pass: bool = True  # time the cascade second pass for variants that have one
-    roofline: bool = True  # measure this machine's peaks (once per process, ~2 s on a CPU)
-
-    @classmethod
-    def quick(cls) -> "MeasureSettings":
-        return cls(warmup_iterations=1, min_iterations=3, min_time_s=0.0, max_time_s=1.0, counters=False,
-                   second_pass=False, roofline=False)
 
 
 def empty_record() -> dict[str, Any]:
@@ -135,7 +93,7 @@ def measure(variant, framework: str, device: str, batch: int, chunk_frames: int,
     from bench import adapters
 
     t_start = time.perf_counter()
-    settings = settings or MeasureSettings()
+    settings = settings or load_config().measure
     spec = variants.resolve_spec(variant)
     mode = adapters.resolve_mode(framework, mode)
     if dtype not in DTYPE_BYTES:
@@ -156,8 +114,7 @@ def measure(variant, framework: str, device: str, batch: int, chunk_frames: int,
                          "before measuring; step times include waiting for other jobs")
         record.update(analytic_columns(spec, batch, chunk_frames, dtype))
         session = adapters.load(framework).prepare(
-            spec, batch=batch, chunk_frames=chunk_frames, dtype=dtype, device=device, native_device=native,
-            mode=mode, seed=seed)
+            spec, batch=batch, chunk_frames=chunk_frames, dtype=dtype, native_device=native, mode=mode, seed=seed)
         enc = session.encoder
         record.update(device_name=session.device_name, compile_s=session.compile_s, params=enc.num_params())
         if record["params"] != record["params_analytic"]:

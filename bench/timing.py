@@ -10,7 +10,7 @@ real streaming (a donated JAX buffer is never passed twice).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 Step = Callable[[Any], tuple[Any, Any]]
@@ -21,7 +21,6 @@ class TimingResult:
     step_s: list[float]  # one entry per timed step, in order
     outputs: Any  # the last step's outputs (synchronised)
     state: Any  # the state the last step returned
-    warmup_s: list[float] = field(default_factory=list)
     capped: bool = False  # stopped by max_time_s before min_iterations / min_time_s were met
 
 
@@ -35,12 +34,9 @@ def time_steps(step: Step, state: Any, sync: Callable[[Any], Any], *, warmup: in
         raise ValueError(f"bad timing settings: warmup={warmup}, min_iterations={min_iterations}, "
                          f"min_time_s={min_time_s}, max_time_s={max_time_s}")
     outputs = None
-    warmup_s: list[float] = []
     for _ in range(warmup):
-        t0 = clock()
         outputs, state = step(state)
         sync((outputs, state))
-        warmup_s.append(clock() - t0)
 
     step_s: list[float] = []
     total = 0.0
@@ -58,4 +54,4 @@ def time_steps(step: Step, state: Any, sync: Callable[[Any], Any], *, warmup: in
         if t1 - start >= max_time_s:
             capped = True
             break
-    return TimingResult(step_s=step_s, outputs=outputs, state=state, warmup_s=warmup_s, capped=capped)
+    return TimingResult(step_s=step_s, outputs=outputs, state=state, capped=capped)

@@ -1,12 +1,14 @@
-"""bench.config: bench.toml into dataclasses; every problem one ConfigError naming file, key and line."""
+"""bench.config: bench.toml (+ flags) into one Config; every problem one ConfigError naming file, key and line."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from bench.config import Config, ConfigError, MeasureConfig, load_config
+import variants
+from bench.config import SHIPPED_CONFIG_PATH, ConfigError, FlagError, apply_flags, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,7 +19,7 @@ def write(tmp_path, text: str) -> Path:
     return path
 
 
-def error_of(path: Path) -> ConfigError:
+def error_of(path: Path | None) -> ConfigError:
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert "\n" not in str(e.value)
@@ -26,16 +28,41 @@ def error_of(path: Path) -> ConfigError:
 
 def test_the_committed_bench_toml_is_valid_and_runs_the_ladder():
     config = load_config(REPO / "bench.toml")
-    assert config.run.variants.split(",") == ["baseline", "conv_lower", "conv_lower_downsized", "practical",
-                                              "practical_cascade"]
+    assert config.run.variants.split(",") == variants.names()[:5]  # the ablation ladder, in registry order
     assert config.run.batches == (1, 64) and config.run.chunk_frames == 6 and config.run.device == "cpu"
     assert config.run.frameworks == ("jax", "torch")
     assert config.quick.min_iterations < config.measure.min_iterations
 
 
-def test_no_file_means_the_built_in_defaults(tmp_path, monkeypatch):
+def test_the_quick_preset_is_bench_tomls():
+    quick = load_config(REPO / "bench.toml").measure_for(quick=True)
+    assert (quick.warmup_iterations, quick.min_iterations) == (2, 5)
+    assert not (quick.counters or quick.second_pass or quick.roofline)
+
+
+def test_without_a_local_file_the_repositorys_bench_toml_applies(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert load_config() == Config()
+    assert SHIPPED_CONFIG_PATH == REPO / "bench.toml"
+    assert load_config() == load_config(REPO / "bench.toml")
+
+
+def test_a_file_overrides_only_the_keys_it_sets(tmp_path):
+    shipped = load_config()
+    config = load_config(write(tmp_path, "[run]\nbatches = [4]\n[measure.quick]\nmin_iterations = 9\n"))
+    assert config.run == dataclasses.replace(shipped.run, batches=(4,))
+    assert config.quick == dataclasses.replace(shipped.quick, min_iterations=9)
+    assert config.measure == shipped.measure
+
+
+def test_the_repositorys_bench_toml_must_set_every_key(tmp_path, monkeypatch):
+    from bench import config as config_mod
+
+    shipped = tmp_path / "shipped.toml"
+    shipped.write_text((REPO / "bench.toml").read_text().replace("min_iterations = 20\n", ""))
+    monkeypatch.setattr(config_mod, "SHIPPED_CONFIG_PATH", shipped)
+    monkeypatch.chdir(tmp_path)
+    e = error_of(None)
+    assert str(e).startswith(f"{shipped}:") and "measure.min_iterations: missing" in str(e)
 
 
 def test_a_syntax_error_names_the_file_and_the_line(tmp_path):
@@ -71,7 +98,7 @@ def test_values_are_read_into_dataclasses(tmp_path):
                            '[measure]\nmin_iterations = 100\n[measure.quick]\ncounters = true\n')
     config = load_config(path)
     assert config.run.variants == "perf*" and config.run.batches == (8,) and config.run.machine_tag == "ci-box"
-    assert config.measure == MeasureConfig(min_iterations=100)
+    assert config.measure == dataclasses.replace(load_config().measure, min_iterations=100)
     assert config.measure_for(quick=True).counters is True
     assert config.to_dict()["path"] == str(path)
 
@@ -79,3 +106,38 @@ def test_values_are_read_into_dataclasses(tmp_path):
 def test_a_missing_file_is_a_config_error(tmp_path):
     e = error_of(tmp_path / "nope.toml")
     assert "file not found" in str(e)
+
+
+# ---- flags --------------------------------------------------------------------------------------
+
+
+def test_flags_replace_the_keys_they_name_and_nothing_else():
+    config = load_config(REPO / "bench.toml")
+    run = apply_flags(config, variant="practical,baseline", batch="1,3,1", framework="all", torch_mode="eager,compile",
+                      dtype="bfloat16", out=Path("/tmp/x"), machine_tag="box")
+    assert run == dataclasses.replace(config.run, variants="baseline,practical", batches=(1, 3),  # ladder order
+                                      torch_modes=("eager", "compile"), dtype="bfloat16", out_dir="/tmp/x",
+                                      machine_tag="box")
+
+
+def test_without_flags_the_run_is_the_config_with_a_fresh_folder():
+    config = load_config(REPO / "bench.toml")
+    run = apply_flags(config)
+    assert run.variants == config.run.variants and run.batches == config.run.batches
+    folder = Path(run.out_dir)
+    assert folder.parent == Path(config.run.out_dir) and folder.name.endswith("Z-cpu")
+
+
+@pytest.mark.parametrize("flags, says", [
+    (dict(batch="0"), "batch sizes must be >= 1"),
+    (dict(batch="1,x"), "'x' is not an integer"),
+    (dict(framework="tf"), "'tf' is not one of jax, torch, all"),
+    (dict(chunk=4), "needs a multiple of 3"),
+    (dict(torch_mode="jit"), "choose from eager, compile"),
+    (dict(dtype="fp8"), "choose from float32, bfloat16"),
+    (dict(device="xpu"), "'xpu' is not one of cpu, gpu, tpu"),
+])
+def test_a_bad_flag_is_one_flag_error(flags, says):
+    with pytest.raises(FlagError, match=says) as e:
+        apply_flags(load_config(REPO / "bench.toml"), **flags)
+    assert "\n" not in str(e.value)

@@ -7,11 +7,15 @@ import pytest
 
 import variants
 from variants import analytic
-from bench.devices import DeviceUnavailableError, available_devices
-from bench.measure import EXTRA_KEYS, RAW_STEP_KEY, RECORD_KEYS, MeasureSettings, _variant_name, measure
+from bench.config import MeasureSettings, load_config
+from bench.machine import DeviceUnavailableError, available_devices
+from bench.measure import _variant_name, measure
+from bench.schema import EXTRA_KEYS, RAW_STEP_KEY, RECORD_KEYS
 from tiny import tiny
 
-SETTINGS = MeasureSettings(warmup_iterations=1, min_iterations=5, min_time_s=0.05, max_time_s=1.0)
+SETTINGS = MeasureSettings(warmup_iterations=1, min_iterations=5, min_time_s=0.05, max_time_s=1.0, counters=True,
+                           second_pass=True, roofline=True)
+QUICK = load_config().quick
 CASES = [("jax", "practical_cascade"), ("torch", "baseline")]  # performer + 2 rates + cascade; local attention
 
 
@@ -121,8 +125,8 @@ def test_invalid_arguments_raise_value_error(kwargs):
 
 def test_bfloat16_bytes_follow_the_dtype():
     spec = _tiny("baseline")
-    f32 = measure(spec, "jax", "cpu", 1, 6, settings=MeasureSettings.quick())
-    bf16 = measure(spec, "jax", "cpu", 1, 6, dtype="bfloat16", settings=MeasureSettings.quick())
+    f32 = measure(spec, "jax", "cpu", 1, 6, settings=QUICK)
+    bf16 = measure(spec, "jax", "cpu", 1, 6, dtype="bfloat16", settings=QUICK)
     assert bf16["status"] == "ok", bf16["error"]
     assert bf16["weight_bytes"] * 2 == f32["weight_bytes"]
     assert bf16["state_bytes"] == analytic.state_bytes(spec, 1, dtype_bytes=2) < f32["state_bytes"]
@@ -138,7 +142,7 @@ def test_a_registered_spec_is_recorded_under_its_name():
 @pytest.mark.slow
 def test_torch_compile_mode_is_measurable():
     spec = _tiny("baseline").replace(num_blocks=1, conv_only_blocks=0, reductions=((0, 3),))
-    r = measure(spec, "torch", "cpu", 1, 6, mode="compile", settings=MeasureSettings.quick())
+    r = measure(spec, "torch", "cpu", 1, 6, mode="compile", settings=QUICK)
     assert r["status"] == "ok", r["error"]
     assert r["mode"] == "compile" and r["compile_s"] > 0 and math.isfinite(r["latency_ms_p50"])
 
@@ -147,9 +151,9 @@ def test_a_chunk_that_leaves_frames_in_a_buffer_compiles_every_phase_ahead():
     # 4 input frames against a 3x then 2x stacking: the buffers' frame counts cycle over steps, and
     # each count is its own JAX program; all are compiled before timing, none while timed.
     from bench.adapters import jax_adapter
-    from bench.devices import resolve_device
+    from bench.machine import resolve_device
 
-    session = jax_adapter.prepare(_tiny("practical"), batch=1, chunk_frames=4, dtype="float32", device="cpu",
+    session = jax_adapter.prepare(_tiny("practical"), batch=1, chunk_frames=4, dtype="float32",
                                   native_device=resolve_device("jax", "cpu"), mode="jit", seed=0)
     assert len(session._compiled) > 1
     state = session.initial_state()
