@@ -18,14 +18,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from bench.config import DEVICES, FRAMEWORKS, JAX_MODES, TORCH_MODES, ConfigError, TableReader, read_toml
+from bench.config import ConfigError, TableReader, read_toml
+from bench.schema import DEVICES, FRAMEWORKS, MODES, SETTING_FIELDS, raw_key
 
 DEVICE_CLASSES = DEVICES + ("any",)  # "any": deterministic budgets that hold whatever the device
 LIMIT_KEYS = {"max_ratio": "ratio", "max": "max", "equals": "exact", "max_ms": "absolute"}
 SELECTOR_KEYS = ("framework", "mode", "batch")
 ENTRY_KEYS = {"variant", "metric", "reference", "machine", "name", "reason", *LIMIT_KEYS, *SELECTOR_KEYS}
-# A ratio's match with its reference row: everything but the variant.
-MATCH_FIELDS = ("framework", "mode", "device", "dtype", "batch", "chunk_frames")
 MIN_RAW_SAMPLES = 4  # fewer raw step times than this: fall back to the record's p50 and IQR
 
 
@@ -133,7 +132,7 @@ def _parse_entry(entry: TableReader, device_class: str) -> Budget:
         device_class=device_class, variant=entry.table["variant"], metric=metric, kind=kind, limit=float(limit),
         reference=reference, machine=machine,
         frameworks=_selector(entry, "framework", FRAMEWORKS),
-        modes=_selector(entry, "mode", JAX_MODES + TORCH_MODES),
+        modes=_selector(entry, "mode", tuple(m for fw in FRAMEWORKS for m in MODES[fw])),
         batches=_selector(entry, "batch", None),
         name=entry.table.get("name"), key=key or "", path=entry.path, line=line,
     )
@@ -192,8 +191,6 @@ def _where(rows: Sequence[Mapping[str, Any]]) -> str:
 def _spread(record: Mapping[str, Any], raw_times: Mapping[str, Sequence[float]]) -> tuple[float, float]:
     """(q25/q50, q75/q50) of a measurement's step times: from raw samples, else from p50 and IQR."""
     import numpy as np
-
-    from bench.results import raw_key
 
     times = raw_times.get(raw_key(record))
     if times is not None and len(times) >= MIN_RAW_SAMPLES:
@@ -266,7 +263,7 @@ def _check_budget(budget: Budget, df, devices: list[str], machine_tag: str | Non
     refs: dict[tuple, Mapping[str, Any]] = {}
     if budget.kind == "ratio":
         ref_rows = _select_rows(budget, df, budget.reference, devices, "reference").to_dict("records")
-        refs = {tuple(r.get(k) for k in MATCH_FIELDS): r for r in ref_rows}
+        refs = {tuple(r.get(k) for k in SETTING_FIELDS): r for r in ref_rows}
 
     checks = []
     for row in rows:
@@ -280,7 +277,7 @@ def _check_budget(budget: Budget, df, devices: list[str], machine_tag: str | Non
                   else value <= budget.limit)
             checks.append(Check(budget, where, value, "PASS" if ok else "FAIL"))
             continue
-        ref = refs.get(tuple(row.get(k) for k in MATCH_FIELDS))
+        ref = refs.get(tuple(row.get(k) for k in SETTING_FIELDS))
         if ref is None:
             raise budget.error(f"reference {budget.reference!r} was not measured at {where} in this run")
         ref_value = _value(budget, ref)

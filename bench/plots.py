@@ -8,7 +8,6 @@ leaks into pyplot's registry. Each variant keeps one colour in every figure (its
 from __future__ import annotations
 
 import math
-import warnings
 from functools import wraps
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -22,7 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.report import device_labels, ok_mask, variant_order, with_speedup
+from bench.schema import DTYPE_BYTES, FRAMEWORKS, MODES
+from bench.table import device_labels, ok_mask, variant_order, with_speedup
 
 COLUMN_WIDTH_IN = 3.5  # one column of a two-column paper
 PAGE_WIDTH_IN = 7.16  # both columns
@@ -83,8 +83,12 @@ def _prepare(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+# Settings in a reader's order: JAX before torch, jit/eager/compile.
+SETTING_ORDER = {f"{fw}/{mode}": i for i, (fw, mode) in enumerate((fw, m) for fw in FRAMEWORKS for m in MODES[fw])}
+
+
 def _settings(df: pd.DataFrame) -> list[str]:
-    order = {"jax/jit": 0, "torch/eager": 1, "torch/compile": 2}
+    order = SETTING_ORDER
     return sorted(pd.unique(df["_setting"]), key=lambda s: (order.get(s.split(" ")[0], 9), s))
 
 
@@ -283,101 +287,38 @@ def params_vs_latency(df: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def _find_key(tree: Any, key: str) -> Any:
-    """The first value stored under `key` anywhere in nested dicts/lists (run metadata layouts vary)."""
-    if isinstance(tree, Mapping):
-        if tree.get(key) is not None:
-            return tree[key]
-        children = tree.values()
-    elif isinstance(tree, (list, tuple)):
-        children = tree
-    else:
-        return None
-    for child in children:
-        found = _find_key(child, key)
-        if found is not None:
-            return found
-    return None
-
-
-# Where a machine's peaks may be recorded: record columns (bench.measure writes peak_flops_per_s /
-# peak_bytes_per_s) or run metadata (e.g. a bench.roofline.Peaks as a dict: flops_per_s / bytes_per_s).
-PEAK_KEYS = ("peak_flops_per_s", "roofline_peak_flops", "flops_per_s")
-BANDWIDTH_KEYS = ("peak_bytes_per_s", "roofline_bandwidth_bytes_s", "bandwidth_bytes_per_s", "bytes_per_s")
-
-
-def _meta_for_runs(df: pd.DataFrame, meta: Any) -> dict[str, Any]:
-    """Run name -> its metadata. `meta` is one run's dict, or a list in the order of the frame's runs
-    (what `bench.results.load_runs` returns)."""
-    if meta is None:
-        return {}
-    runs = list(dict.fromkeys(df["run"])) if "run" in df else [None]
-    metas = [meta] if isinstance(meta, Mapping) else list(meta)
-    # Pair them only when the pairing is certain: one metadata block per run.
-    return dict(zip(runs, metas)) if len(runs) == len(metas) else {}
-
-
-def machine_roofs(df: pd.DataFrame, meta: Any = None) -> dict[str, tuple[float, float]]:
-    """Per device label: (peak FLOP/s, memory bandwidth bytes/s), from the records' `peak_flops_per_s` and
-    `peak_bytes_per_s` columns (or `roofline_peak_flops`, `roofline_bandwidth_bytes_s`), else from the metadata of the run(s) the device's rows
-    came from. Devices with neither are left out (their points are drawn without roofs)."""
+def machine_roofs(df: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Per device label: (peak FLOP/s, memory bandwidth bytes/s), from the `peak_flops_per_s` and
+    `peak_bytes_per_s` that bench.measure records. Devices without them are left out (their points are
+    drawn without roofs)."""
     df = df if "_device" in df else df.assign(_device=device_labels(df))
-    metas = _meta_for_runs(df, meta)
     roofs = {}
     for device, recs in df.groupby("_device", sort=False):
-        values = [_first_number(recs, PEAK_KEYS[:2]), _first_number(recs, BANDWIDTH_KEYS[:2])]
-        if None in values:
-            runs = list(dict.fromkeys(recs["run"])) if "run" in recs else [None]
-            if "run" not in recs and df["_device"].nunique() > 1:
-                runs = []  # one metadata block cannot say which of several devices it describes
-            for run in runs:
-                if run in metas:
-                    found = [_find_any(metas[run], PEAK_KEYS), _find_any(metas[run], BANDWIDTH_KEYS)]
-                    values = [values[0] or found[0], values[1] or found[1]]
-                    break
-        try:
-            peak, bandwidth = float(values[0]), float(values[1])
-        except (TypeError, ValueError):
-            continue
-        if peak > 0 and bandwidth > 0:
+        peak, bandwidth = _first_number(recs, "peak_flops_per_s"), _first_number(recs, "peak_bytes_per_s")
+        if peak and bandwidth and peak > 0 and bandwidth > 0:
             roofs[device] = (peak, bandwidth)
     return roofs
 
 
-def _first_number(recs: pd.DataFrame, columns: Iterable[str]) -> float | None:
-    for col in columns:
-        if col in recs:
-            values = pd.to_numeric(recs[col], errors="coerce").dropna()
-            if len(values):
-                return float(values.iloc[0])
-    return None
-
-
-def _find_any(tree: Any, keys: Iterable[str]) -> Any:
-    for key in keys:
-        found = _find_key(tree, key)
-        if isinstance(found, (int, float)) and not isinstance(found, bool):
-            return found
+def _first_number(recs: pd.DataFrame, column: str) -> float | None:
+    if column in recs:
+        values = pd.to_numeric(recs[column], errors="coerce").dropna()
+        if len(values):
+            return float(values.iloc[0])
     return None
 
 
 @_paper_style
-def roofline(df: pd.DataFrame, meta: Any = None) -> Figure | None:
-    """Every measurement on the machine's roofline: arithmetic intensity (analytic FLOPs / bytes moved per
-    step) against achieved FLOP/s (analytic FLOPs / p50 latency), log-log, with bandwidth and peak roofs."""
+def roofline(df: pd.DataFrame) -> Figure | None:
+    """Every measurement on the machine's roofline: arithmetic intensity (the record's analytic FLOPs /
+    `bytes_per_step`) against achieved FLOP/s (analytic FLOPs / p50 latency), log-log, with bandwidth and
+    peak roofs."""
     df = _prepare(df)
-    roofs = machine_roofs(df, meta)
+    roofs = machine_roofs(df)
     df = df[df["_ok"]]
-    if df.empty or "flops_per_step" not in df:
+    if df.empty or "flops_per_step" not in df or "bytes_per_step" not in df:
         return None
-    if "arithmetic_intensity" not in df:
-        df["arithmetic_intensity"] = np.nan
-    if "bytes_per_step" in df:
-        df["arithmetic_intensity"] = df["arithmetic_intensity"].fillna(df["flops_per_step"] / df["bytes_per_step"])
-    elif {"weight_bytes", "state_bytes_per_stream"} <= set(df.columns):
-        # Weights read once, state read and written per stream: the bytes a step cannot avoid moving.
-        moved = df["weight_bytes"] + 2 * df["state_bytes_per_stream"] * df["batch"].astype(float)
-        df["arithmetic_intensity"] = df["arithmetic_intensity"].fillna(df["flops_per_step"] / moved)
+    df = df.assign(arithmetic_intensity=df["flops_per_step"] / df["bytes_per_step"])
     df = df.assign(achieved=df["flops_per_step"] / (df["latency_ms_p50"] / 1e3)).replace([np.inf, -np.inf], np.nan)
     df = df.dropna(subset=["arithmetic_intensity", "achieved"])
     df = df[(df["arithmetic_intensity"] > 0) & (df["achieved"] > 0)]
@@ -430,31 +371,22 @@ def roofline(df: pd.DataFrame, meta: Any = None) -> Figure | None:
     return fig
 
 
-def _state_curve_spec(name: str):
-    import variants
-
-    return variants.get(name).spec
-
-
 @_paper_style
-def state_vs_left_context(df: pd.DataFrame, max_context_s: float = 7.68, dtype_bytes: int = 4) -> Figure | None:
+def state_vs_left_context(df: pd.DataFrame, max_context_s: float = 7.68,
+                          dtype_bytes: int = DTYPE_BYTES["float32"]) -> Figure | None:
     """Lines: streaming state per stream against the attention's left context, from the analytic counter
     (`variants.analytic.state_bytes`). Local attention's K/V cache grows with the context; the Performer's
-    recurrent state does not. Each variant's configured context is marked. Returns None (with a warning)
-    when the model code is not importable."""
-    try:
-        from variants import analytic
-    except Exception as exc:  # a results folder can be plotted on a machine without the model code
-        warnings.warn(f"state-vs-left-context plot skipped: variants.analytic not importable ({exc})", stacklevel=2)
-        return None
-    names = [v for v in variant_order(df) if v in set(df["variant"].astype(str))] if "variant" in df else []
+    recurrent state does not. Each variant's configured context is marked."""
+    import variants
+    from variants import analytic
+
+    # Only registered variants have a spec to draw from (a merged run may hold others).
+    present = set(df["variant"].astype(str)) if "variant" in df else set()
+    names = [v for v in variants.names() if v in present]
     colours = variant_colours(variant_order(df))
     curves: dict[tuple, list[str]] = {}  # identical curves (a cascade and its first pass) share one line
     for name in names:
-        try:
-            spec = _state_curve_spec(name)
-        except Exception:
-            continue
+        spec = variants.get(name).spec
         if spec.conv_only_blocks >= spec.num_blocks:
             continue  # no attention: nothing depends on the left context
         # The attention blocks run at the encoder's output rate in every registered variant.
@@ -499,26 +431,18 @@ PLOTS: dict[str, Callable[..., Figure | None]] = {
 }
 
 
-def figures(df: pd.DataFrame, meta: Any = None) -> dict[str, Figure]:
+def figures(df: pd.DataFrame) -> dict[str, Figure]:
     """Every figure that the data allows, by name (a figure with nothing to show is left out)."""
-    out = {}
-    for name, fn in PLOTS.items():
-        fig = fn(df, meta) if name == "roofline" else fn(df)
-        if fig is not None:
-            out[name] = fig
-    return out
+    return {name: fig for name, fn in PLOTS.items() if (fig := fn(df)) is not None}
 
 
-def plot_all(df: pd.DataFrame, out_dir: str | Path, meta: Any = None) -> list[Path]:
-    """Write every figure as `<name>.png` and `<name>.svg` under out_dir; returns the paths written.
-
-    `meta` (the run's metadata) supplies the machine's roofline numbers when the records lack them.
-    """
+def plot_all(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Write every figure as `<name>.png` and `<name>.svg` under out_dir; returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     with matplotlib.rc_context(PAPER_RC):
-        for name, fig in figures(df, meta).items():
+        for name, fig in figures(df).items():
             for ext in ("png", "svg"):
                 path = out_dir / f"{name}.{ext}"
                 # No timestamps in the files, so a re-plot of the same data leaves git clean.

@@ -1,29 +1,22 @@
-"""Paper-style tables and run comparisons: pure functions of the records table (one row per measurement).
-
-Nothing here measures or stores anything: `paper_table` reshapes records into the ablation ladder,
-`render_table` prints it as markdown/csv/latex with a note on which counter produced each number, and
-`compare_runs` sets two runs side by side with an asv-style significance mark per row.
+"""The paper-style table of a records table (the ablation ladder as rows) and its renderings, and the
+roofline predictions on named accelerators. Pure functions of the table: nothing is measured or stored.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
-# A measurement is identified by these record fields; `compare_runs` matches rows and raw times on them.
-ROW_KEY = ("variant", "framework", "mode", "device", "batch")
-FAILED = "failed"
-BASELINE = "baseline"  # speedups divide by this variant, measured in the same run and setting
+from bench.schema import BASELINE, DTYPES, FRAMEWORKS, MODES
+from bench.table import device_labels, num, ok_mask, variant_order, with_speedup
 
-# asv's defaults: a change counts when Mann-Whitney U says p < 0.002 and the ratio is beyond 1.1x.
-P_THRESHOLD = 0.002
-FACTOR = 1.1
+FAILED = "failed"
 
 # Column order of the settings in the paper table (values not listed follow as first seen).
-DISPLAY_ORDER = {"framework": ("jax", "torch"), "mode": ("jit", "eager", "compile"), "dtype": ("float32", "bfloat16")}
+DISPLAY_ORDER = {"framework": FRAMEWORKS, "mode": tuple(m for fw in FRAMEWORKS for m in MODES[fw]), "dtype": DTYPES}
 
 # Columns of the paper table that hold one value per variant, whatever the framework or batch.
 COL_PARAMS = "params (M)"
@@ -33,31 +26,8 @@ STATIC_COLUMNS = (COL_PARAMS, COL_GFLOPS, COL_STATE)
 # Per framework/mode and batch: column suffix -> the record field it shows.
 LATENCY_METRICS = {"p50 (ms)": "latency_ms_p50", "p90 (ms)": "latency_ms_p90", "speedup (x)": "speedup_vs_baseline"}
 
-# Metrics whose B/A ratio `compare_runs` reports (when both runs have them).
-COMPARED_METRICS = (
-    "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_iqr", "compile_s",
-    "params", "flops_per_step", "state_bytes_per_stream", "weight_bytes",
-)
 
-
-# ---- ordering -----------------------------------------------------------------------------------------
-
-def variant_order(df: pd.DataFrame | None = None) -> list[str]:
-    """Ladder order: the registry's (`variants.names()`), then any other variant in order of appearance.
-
-    The registry is the one place the ladder is declared; when it cannot be imported (a results folder
-    read on a machine without the models) the runner's order of appearance in the data stands in.
-    """
-    try:
-        import variants
-
-        order = list(variants.names())
-    except Exception:  # the reporting side must work without the model code
-        order = []
-    if df is not None and "variant" in df:
-        order += [v for v in pd.unique(df["variant"].astype(str)) if v not in order]
-    return order
-
+# ---- the paper table ----------------------------------------------------------------------------------
 
 def _first_seen(values: Iterable) -> list:
     return list(dict.fromkeys(values))
@@ -84,56 +54,6 @@ def _setting_label(setting: Mapping) -> str:
         rest.append(f"b={int(setting['batch'])}")
     return " ".join([head, *rest]).strip()
 
-
-def device_labels(df: pd.DataFrame) -> pd.Series:
-    """One label per row naming its machine: the device kind ("cpu", "tpu"), with the device name
-    added only where two runs share a kind but not a machine (two CPU hosts)."""
-    device = df["device"].astype(str) if "device" in df else pd.Series("?", index=df.index)
-    if "device_name" not in df:
-        return device
-    name = df["device_name"].fillna("").astype(str)
-    names_per_device = name.groupby(device).nunique()
-    ambiguous = device.map(names_per_device).fillna(1) > 1
-    return device.where(~ambiguous, device + " (" + name + ")")
-
-
-def ok_mask(df: pd.DataFrame) -> pd.Series:
-    """Rows that hold a measurement: status "ok" (or no status column) and a finite p50 latency."""
-    mask = pd.Series(True, index=df.index)
-    if "status" in df:
-        mask &= df["status"].fillna("ok").astype(str).eq("ok")
-    if "latency_ms_p50" in df:
-        mask &= pd.to_numeric(df["latency_ms_p50"], errors="coerce").notna()
-    return mask
-
-
-def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
-    """`speedup_vs_baseline` filled where missing: baseline p50 / variant p50, the baseline taken from
-    the same run, device, framework, mode, batch (and dtype, chunk) as the record; the runner's own
-    value wins."""
-    df = df.copy()
-    if "speedup_vs_baseline" not in df:
-        df["speedup_vs_baseline"] = np.nan
-    df["speedup_vs_baseline"] = pd.to_numeric(df["speedup_vs_baseline"], errors="coerce")
-    if "latency_ms_p50" not in df or "variant" not in df:
-        return df
-    keys = [c for c in ("run", "device", "device_name", "framework", "mode", "dtype", "chunk_frames", "batch")
-            if c in df]
-    p50 = pd.to_numeric(df["latency_ms_p50"], errors="coerce").where(ok_mask(df))
-    # String keys, so NaN device names and int/float batches from CSV still match.
-    key = df[keys].astype(str).agg("|".join, axis=1)
-    is_base = df["variant"].astype(str).eq(BASELINE) & p50.notna()
-    if not is_base.any():
-        return df
-    base = pd.Series(p50[is_base].to_numpy(), index=key[is_base].to_numpy())
-    base = base[~base.index.duplicated(keep="last")]
-    base_p50 = key.map(base).astype(float)
-    computed = base_p50 / p50
-    df["speedup_vs_baseline"] = df["speedup_vs_baseline"].fillna(computed)
-    return df
-
-
-# ---- the paper table ----------------------------------------------------------------------------------
 
 def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     """The ablation ladder as rows, one block of latency columns per framework/mode and batch.
@@ -178,7 +98,7 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
                 rec, rec_ok = cell.get((device, variant, label), (None, False))
                 for suffix, metric in LATENCY_METRICS.items():
                     col = f"{label}: {suffix}" if label else suffix
-                    row[col] = np.nan if rec is None else _num(rec.get(metric)) if rec_ok else FAILED
+                    row[col] = np.nan if rec is None else num(rec.get(metric)) if rec_ok else FAILED
             rows.append(row)
     return pd.DataFrame(rows).set_index("variant")
 
@@ -206,9 +126,9 @@ def _static_cells(recs: list[tuple[dict, bool]]) -> dict:
 
     def first(column: str, scale: float, per_batch: bool = False) -> float:
         for rec in ordered:
-            value = _num(rec.get(column))
+            value = num(rec.get(column))
             if per_batch:
-                value /= _num(rec.get("batch", 1))
+                value /= num(rec.get("batch", 1))
             if math.isfinite(value):
                 return value / scale
         return np.nan
@@ -223,13 +143,6 @@ def _static_cells(recs: list[tuple[dict, bool]]) -> dict:
     }
 
 
-def _num(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):  # None, "failed", a missing key
-        return np.nan
-
-
 # ---- rendering ----------------------------------------------------------------------------------------
 
 def _decimals(column: str) -> int:
@@ -241,10 +154,10 @@ def _decimals(column: str) -> int:
         return 1
     if column.endswith("speedup (x)"):
         return 2
-    return -1  # latency: significant digits, see _fmt_ms
+    return -1  # latency: significant digits, see fmt_ms
 
 
-def _fmt_ms(value: float) -> str:
+def fmt_ms(value: float) -> str:
     # Three significant digits without scientific notation: 21.8, 3.21, 0.512, 1234.
     if value == 0 or not math.isfinite(value):
         return f"{value:g}"
@@ -264,7 +177,7 @@ def _formatted(table: pd.DataFrame, na: str) -> pd.DataFrame:
                 return v
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 return na
-            return _fmt_ms(float(v)) if decimals < 0 else f"{float(v):.{decimals}f}"
+            return fmt_ms(float(v)) if decimals < 0 else f"{float(v):.{decimals}f}"
 
         out[col] = out[col].map(fmt)
     return out
@@ -331,6 +244,31 @@ def render_table(df: pd.DataFrame, fmt: str = "markdown") -> str:
     raise ValueError(f"unknown table format {fmt!r}; choose one of: markdown, csv, latex")
 
 
+def run_table_markdown(df: pd.DataFrame) -> str:
+    """A run folder's table.md: the paper table, or a plain listing when it cannot be made, so that a
+    reporting problem never costs a run its table (the runner rewrites it after every record)."""
+    if df.empty:
+        return "(no records yet)\n"
+    try:
+        return render_table(df, "markdown")
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        return f"<!-- paper table unavailable ({type(e).__name__}: {e}); plain listing -->\n\n" + _plain_markdown(df)
+
+
+def _plain_markdown(df: pd.DataFrame) -> str:
+    cols = [c for c in ("variant", "framework", "mode", "batch", "latency_ms_p50", "latency_ms_p90",
+                        "speedup_vs_baseline", "status") if c in df]
+
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "–"
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df[cols].itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
 # ---- predictions on named accelerators --------------------------------------------------------------
 
 def predicted_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -343,14 +281,14 @@ def predicted_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for batch in sorted(df["batch"].dropna().unique()):
         at_batch = df[df["batch"] == batch].drop_duplicates("variant").set_index("variant")
-        base = at_batch.loc["baseline"] if "baseline" in at_batch.index else None
+        base = at_batch.loc[BASELINE] if BASELINE in at_batch.index else None
         for variant in [v for v in variant_order(df) if v in at_batch.index]:
             row = {"variant": variant, "batch": int(batch)}
             for col in device_cols:
                 name = col.removeprefix("roofline_ms_")
-                ms = _num(at_batch.loc[variant, col])
+                ms = num(at_batch.loc[variant, col])
                 row[f"{name} (ms)"] = ms
-                row[f"{name} speedup (x)"] = _num(base[col]) / ms if base is not None and ms else float("nan")
+                row[f"{name} speedup (x)"] = num(base[col]) / ms if base is not None and ms else float("nan")
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -365,110 +303,3 @@ def render_predictions(df: pd.DataFrame) -> str:
     note = ("> predicted per-step latency on named accelerators: roofline lower bound max(FLOPs / peak, "
             "bytes / bandwidth) from the analytic counts and public peaks (bench/roofline.py), not measured")
     return note + "\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
-
-
-# ---- comparing two runs -------------------------------------------------------------------------------
-
-def row_key(record: Mapping) -> tuple:
-    """The (variant, framework, mode, device, batch) key of a record, normalised so JSON round trips match."""
-    return tuple(int(float(record[k])) if k == "batch" else str(record[k]) for k in ROW_KEY)
-
-
-def _normalise_raw(raw: Mapping | None) -> dict[tuple, np.ndarray]:
-    out = {}
-    for key, times in (raw or {}).items():
-        if isinstance(key, str):  # "variant|framework|mode|device|batch", as some writers store it
-            key = tuple(key.split("|"))
-        out[row_key(dict(zip(ROW_KEY, key)))] = np.asarray(times, dtype=float)
-    return out
-
-
-def significance(times_a: Sequence[float] | None, times_b: Sequence[float] | None,
-                 p_threshold: float = P_THRESHOLD, factor: float = FACTOR) -> tuple[str, float]:
-    """asv's rule on raw step times: '+' B significantly slower, '-' B significantly faster, '~' no change
-    that is both significant (Mann-Whitney U, p < p_threshold) and beyond `factor`; '?' fewer than 2
-    times on a side (nothing to test)."""
-    from scipy.stats import mannwhitneyu
-
-    if times_a is None or times_b is None or len(times_a) < 2 or len(times_b) < 2:
-        return "?", float("nan")
-    a, b = np.asarray(times_a, dtype=float), np.asarray(times_b, dtype=float)
-    p_value = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
-    ratio = float(np.median(b) / np.median(a)) if np.median(a) > 0 else float("nan")
-    if p_value < p_threshold and ratio > factor:
-        return "+", p_value
-    if p_value < p_threshold and ratio < 1 / factor:
-        return "-", p_value
-    return "~", p_value
-
-
-def compare_runs(df_a: pd.DataFrame, raw_a: Mapping | None, df_b: pd.DataFrame, raw_b: Mapping | None,
-                 p_threshold: float = P_THRESHOLD, factor: float = FACTOR) -> pd.DataFrame:
-    """Per row present in both runs: B/A ratios of p50 latency and the other metrics, and asv's mark.
-
-    `raw_a`/`raw_b` map a row key (variant, framework, mode, device, batch) to that row's step times in
-    seconds. Marks: '+' B slower (significant and > factor), '-' B faster, '~' not a significant change,
-    'x' failed in either run, '?' fewer than 2 raw times in a run. Rows follow the ladder order.
-    """
-    raw_a, raw_b = _normalise_raw(raw_a), _normalise_raw(raw_b)
-    a = df_a.reset_index(drop=True).drop_duplicates(subset=list(ROW_KEY), keep="last")
-    b = df_b.reset_index(drop=True).drop_duplicates(subset=list(ROW_KEY), keep="last")
-    ok_a, ok_b = ok_mask(a), ok_mask(b)
-    b_by_key = {row_key(r): i for i, r in zip(b.index, b.to_dict("records"))}
-    rows = []
-    for i, rec_a in zip(a.index, a.to_dict("records")):
-        key = row_key(rec_a)
-        if key not in b_by_key:
-            continue
-        j = b_by_key[key]
-        rec_b = b.loc[j].to_dict()
-        row = dict(zip(ROW_KEY, key))
-        p50_a, p50_b = _num(rec_a.get("latency_ms_p50")), _num(rec_b.get("latency_ms_p50"))
-        row["latency_ms_p50_a"], row["latency_ms_p50_b"] = p50_a, p50_b
-        if not (ok_a.loc[i] and ok_b.loc[j]):
-            row["mark"], row["p_value"] = "x", np.nan
-        else:
-            row["mark"], row["p_value"] = significance(raw_a.get(key), raw_b.get(key), p_threshold, factor)
-        for metric in COMPARED_METRICS:
-            if metric in rec_a and metric in rec_b:
-                va, vb = _num(rec_a[metric]), _num(rec_b[metric])
-                row[f"{metric} B/A"] = vb / va if va and math.isfinite(va) and math.isfinite(vb) else np.nan
-        rows.append(row)
-    columns = [*ROW_KEY, "mark", "latency_ms_p50_a", "latency_ms_p50_b", "p_value"]
-    out = pd.DataFrame(rows)
-    if out.empty:
-        return pd.DataFrame(columns=columns)
-    rank = {v: n for n, v in enumerate(variant_order(pd.concat([a, b])))}
-    out = out.sort_values(["variant", "device", "framework", "mode", "batch"],
-                          key=lambda s: s.map(rank) if s.name == "variant" else s, kind="stable")
-    return out[columns + [c for c in out.columns if c not in columns]].reset_index(drop=True)
-
-
-def render_comparison(comparison: pd.DataFrame, fmt: str = "markdown") -> str:
-    """`compare_runs`' table for a terminal or a file, with the meaning of the marks in the header."""
-    legend = (f"B/A ratios; mark: '+' B slower, '-' B faster (Mann-Whitney U on raw step times, "
-              f"p < {P_THRESHOLD}, beyond {FACTOR}x, as asv), '~' no significant change, "
-              "'x' failed in a run, '?' too few raw times to test")
-    shown = comparison.copy()
-    if fmt == "csv":
-        return f"# {legend}\n" + shown.to_csv(index=False)
-    # Readable in a terminal: the p50 ratio beside the mark, and no column of ratios that are all 1
-    # (params, FLOPs, state are equal unless a spec changed between the runs).
-    ratios = [c for c in shown.columns if c.endswith("B/A")]
-    unchanged = [c for c in ratios if c != "latency_ms_p50 B/A"
-                 and pd.to_numeric(shown[c], errors="coerce").sub(1).abs().fillna(0).le(1e-9).all()]
-    first = [c for c in (*ROW_KEY, "mark", "latency_ms_p50 B/A") if c in shown]
-    shown = shown[first + [c for c in shown.columns if c not in first and c not in unchanged]]
-    for col in shown.columns:
-        if col.endswith("B/A"):
-            shown[col] = shown[col].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
-        elif col.startswith("latency_ms"):
-            shown[col] = shown[col].map(lambda v: "–" if pd.isna(v) else _fmt_ms(float(v)))
-        elif col == "p_value":
-            shown[col] = shown[col].map(lambda v: "–" if pd.isna(v) else f"{v:.1e}")
-    if fmt == "markdown":
-        colalign = ["left" if c in ("variant", "framework", "mode", "device", "mark") else "right" for c in shown.columns]
-        return f"> {legend}\n\n" + shown.to_markdown(index=False, disable_numparse=True, colalign=colalign) + "\n"
-    if fmt == "latex":
-        return f"% {legend}\n" + shown.to_latex(index=False, escape=True)
-    raise ValueError(f"unknown table format {fmt!r}; choose one of: markdown, csv, latex")

@@ -6,18 +6,17 @@ before the next measurement starts, so Ctrl-C keeps everything measured so far.
 
 from __future__ import annotations
 
-import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from bench.config import MeasureConfig
-from bench.measure import RAW_STEP_KEY, RECORD_KEYS, one_line_error
-from bench.report import BASELINE
-from bench.results import RunWriter
-
-# A record matches its baseline on everything but the variant.
-SPEEDUP_KEY_FIELDS = ("framework", "mode", "device", "dtype", "batch", "chunk_frames")
+from bench import machine, table
+from bench.config import MeasureSettings, RunConfig
+from bench.machine import DeviceUnavailableError
+from bench.measure import one_line_error
+from bench.results import SCHEMA_VERSION, RunWriter, utc_now
+from bench.schema import RAW_STEP_KEY, RECORD_KEYS
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,14 @@ class RunPlan:
     batches: tuple[int, ...]
     chunk_frames: int
     dtype: str
+
+    @classmethod
+    def from_config(cls, run: RunConfig) -> "RunPlan":
+        import variants
+
+        return cls(variants=tuple(variants.select(run.variants)), frameworks=run.frameworks,
+                   modes={fw: run.modes(fw) for fw in run.frameworks}, device=run.device, batches=run.batches,
+                   chunk_frames=run.chunk_frames, dtype=run.dtype)
 
     def jobs(self) -> list[Job]:
         return [
@@ -70,24 +77,30 @@ class RunSummary:
         return f"{len(self.failed)} of {len(self.records)} measurements failed: {shown}{more}"
 
 
-def load_measure() -> tuple[Callable[..., dict], type]:
-    """bench.measure's entry point and settings class, imported only when a run starts."""
-    from bench.measure import MeasureSettings, measure
+def load_measure() -> Callable[..., dict]:
+    """bench.measure's entry point; a seam for tests, which drive a run with a fake."""
+    from bench.measure import measure
 
-    return measure, MeasureSettings
+    return measure
 
 
-def make_settings(settings_cls: type, config: MeasureConfig) -> Any:
-    """MeasureSettings from the [measure] table: the fields both sides know are passed on."""
-    wanted = dataclasses.asdict(config)
-    if dataclasses.is_dataclass(settings_cls):
-        known = {f.name for f in dataclasses.fields(settings_cls)}
-        wanted = {k: v for k, v in wanted.items() if k in known}
-    return settings_cls(**wanted)
+def run_metadata(config: Mapping[str, Any], *, machine_tag: str | None, command: Sequence[str] | None = None) -> dict:
+    """The metadata block of results.json for a run about to start."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": " ".join(command if command is not None else sys.argv),
+        "started_utc": utc_now(),
+        "finished_utc": None,
+        "status": "running",
+        "machine_tag": machine_tag,
+        **machine.environment(),
+        "git": machine.git_info(),
+        "config": dict(config),
+    }
 
 
 def normalise_record(record: Mapping[str, Any], job: Job, plan: RunPlan) -> dict[str, Any]:
-    """Every CONTRACT key present (None when measure did not set it), identifying keys filled in."""
+    """Every RECORD_KEYS key present (None when measure did not set it), identifying keys filled in."""
     out = {key: record.get(key) for key in RECORD_KEYS}
     out.update({k: v for k, v in record.items() if k not in out})
     identity = dict(variant=job.variant, framework=job.framework, mode=job.mode, device=plan.device,
@@ -99,23 +112,6 @@ def normalise_record(record: Mapping[str, Any], job: Job, plan: RunPlan) -> dict
         out["status"] = "failed"
         out["error"] = out.get("error") or f"measure returned status {record.get('status')!r}"
     return out
-
-
-def fill_speedups(records: list[dict[str, Any]]) -> None:
-    """speedup_vs_baseline = baseline p50 / this p50, same run, framework, mode, device, batch; else None."""
-    def key(r: Mapping[str, Any]) -> tuple:
-        return tuple(r.get(k) for k in SPEEDUP_KEY_FIELDS)
-
-    baseline_p50 = {
-        key(r): r["latency_ms_p50"]
-        for r in records
-        if r.get("variant") == BASELINE and r.get("status") == "ok" and r.get("latency_ms_p50")
-    }
-    for r in records:
-        base = baseline_p50.get(key(r))
-        p50 = r.get("latency_ms_p50")
-        ok = r.get("status") == "ok" and base and p50
-        r["speedup_vs_baseline"] = float(base) / float(p50) if ok else None
 
 
 def _progress(enabled: bool):
@@ -136,17 +132,15 @@ def _done_line(record: Mapping[str, Any], job: Job) -> str:
     return f"[green]ok[/] {job.label()}: p50 {record.get('latency_ms_p50'):.3f} ms{extra}"
 
 
-def run(plan: RunPlan, settings: Any, writer: RunWriter, *, measure_fn: Callable[..., dict] | None = None,
+def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, measure_fn: Callable[..., dict] | None = None,
         progress: bool = True) -> RunSummary:
     """Measure every job of `plan`, writing each record through `writer` as soon as it exists.
 
     Exceptions from a measurement become failed records, except DeviceUnavailableError (the whole
     run is on the wrong machine) and KeyboardInterrupt; both mark the run folder and propagate.
     """
-    from bench.devices import DeviceUnavailableError
-
     if measure_fn is None:
-        measure_fn = load_measure()[0]
+        measure_fn = load_measure()
     summary = RunSummary(records=writer.records)  # the writer's list: speedups filled later show in both
     jobs = plan.jobs()
     start = time.perf_counter()
@@ -165,16 +159,18 @@ def run(plan: RunPlan, settings: Any, writer: RunWriter, *, measure_fn: Callable
                 raw = dict(raw)
                 step_times = raw.pop(RAW_STEP_KEY, None)  # to raw_times.json: results stay one row per record
                 record = normalise_record(raw, job, plan)
-                fill_speedups(writer.records + [record])
+                # A baseline measured after its variants fills their speedups too.
+                table.fill_speedups(writer.records + [record])
                 writer.add(record, step_times)
                 bar.console.print(_done_line(record, job), highlight=False)
                 bar.advance(task)
         except KeyboardInterrupt:
-            writer.finish("interrupted")
+            writer.finish("interrupted", **machine.environment())
             raise
         except DeviceUnavailableError:
-            writer.finish("aborted: device unavailable")
+            writer.finish("aborted: device unavailable", **machine.environment())
             raise
     summary.elapsed_s = time.perf_counter() - start
-    writer.finish("complete")
+    # thread counts are known once the frameworks are loaded
+    writer.finish("complete", **machine.environment())
     return summary

@@ -1,4 +1,4 @@
-"""Synthetic result records and run folders for the reporting tests: the record schema of the CONTRACT,
+"""Synthetic result records and run folders for the reporting tests: records with bench.schema's keys,
 numbers from the analytic counters, latencies made up (each ladder step a bit faster), no model built."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 import variants
+from bench.schema import raw_key
 from variants import analytic
 
 SETTINGS = (("jax", "jit"), ("torch", "eager"))
@@ -58,18 +59,18 @@ def raw_times(df: pd.DataFrame, n: int = 200, seed: int = 0) -> dict[str, list[f
     rng = np.random.default_rng(seed)
     out = {}
     for rec in df[df["status"] == "ok"].to_dict("records"):
-        key = "|".join(str(rec[k]) for k in ("variant", "framework", "mode", "device", "batch"))
-        out[key] = list(rec["latency_ms_p50"] / 1e3 * rng.lognormal(0.0, 0.05, n))
+        out[raw_key(rec)] = list(rec["latency_ms_p50"] / 1e3 * rng.lognormal(0.0, 0.05, n))
     return out
 
 
 def write_run(run_dir: Path, df: pd.DataFrame, raw: dict[str, list[float]] | None = None) -> Path:
     """A run folder in bench.results' layout (results.json, results.csv, table.md, raw_times.json)."""
-    from bench.results import RunWriter, raw_key
+    from bench.report import run_table_markdown
+    from bench.results import RunWriter
 
     meta = {"schema_version": 1, "machine": {"hostname": "synthetic", "cpu_name": "Synthetic CPU", "usable_cores": 2},
             "versions": {"python": "3.11"}, "git": {"commit": None, "dirty": None}, "config": {"quick": True}}
-    writer = RunWriter(run_dir, meta)
+    writer = RunWriter(run_dir, meta, table_md=run_table_markdown)
     raw = raw or {}
     for rec in df.to_dict("records"):
         rec = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in rec.items()}

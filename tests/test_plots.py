@@ -32,19 +32,23 @@ def test_plot_all_writes_png_and_svg_for_every_plot(tmp_path):
     assert matplotlib.get_backend() == backend  # drawing never switches a notebook's backend
 
 
-def test_two_devices_and_roofs_from_the_run_metadata(tmp_path):
-    cpu = records(device="cpu", peaks=False).assign(run="cpu-run")
-    tpu = records(device="tpu", device_name="TPU v5e", slowdown=0.1, peaks=False).assign(run="tpu-run")
+def test_two_devices_each_get_their_own_panels_and_roofs(tmp_path):
+    cpu = records(device="cpu").assign(run="cpu-run")
+    tpu = records(device="tpu", device_name="TPU v5e", slowdown=0.1).assign(
+        run="tpu-run", peak_flops_per_s=2e14, peak_bytes_per_s=8e11)
     df = pd.concat([cpu, tpu], ignore_index=True)
-    metas = [{"roofline": {"flops_per_s": 1e11, "bytes_per_s": 2e10}}, {"roofline_peak_flops": 2e14,
-                                                                        "roofline_bandwidth_bytes_s": 8e11}]
-    assert plots.machine_roofs(df, metas) == {"cpu": (1e11, 2e10), "tpu": (2e14, 8e11)}
-    # One metadata block for two runs cannot be attributed: no roofs rather than wrong ones.
-    assert plots.machine_roofs(df, metas[:1]) == {}
-    figures = plots.figures(df, metas)
+    assert plots.machine_roofs(df) == {"cpu": (5e10, 1e10), "tpu": (2e14, 8e11)}
+    figures = plots.figures(df)
     assert set(figures) == set(plots.PLOTS)
     titles = [ax.get_title() for ax in figures["latency_per_variant"].axes]
     assert "tpu, batch 4" in titles and "cpu, batch 1" in titles  # one panel row per device
+
+
+def test_roofline_places_each_point_at_the_records_bytes_per_step():
+    df = records(names=["baseline"], peaks=False)
+    fig = plots.roofline(df)
+    xs = sorted(x for ax in fig.axes for coll in ax.collections for x, _ in coll.get_offsets())
+    assert xs == pytest.approx(sorted(df["flops_per_step"] / df["bytes_per_step"]))
 
 
 def test_roofs_come_from_the_peaks_bench_measure_records():

@@ -10,8 +10,9 @@ import stat
 import pandas as pd
 import pytest
 
-from bench import report, results
+from bench import compare, report, results
 from bench.results import RunWriter, atomic_write_text, load_raw_times, load_run, load_runs
+from bench.schema import RECORD_KEYS
 
 META = {"machine_tag": None, "config": {}}
 
@@ -51,7 +52,7 @@ def test_a_write_that_dies_midway_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def test_every_file_is_rewritten_after_every_record(tmp_path):
-    writer = RunWriter(tmp_path / "run", META)
+    writer = RunWriter(tmp_path / "run", META, table_md=report.run_table_markdown)
     run = tmp_path / "run"
     assert json.loads((run / "results.json").read_text())["records"] == []
     for n, variant in enumerate(["baseline", "practical"], start=1):
@@ -61,8 +62,9 @@ def test_every_file_is_rewritten_after_every_record(tmp_path):
         assert len(pd.read_csv(run / "results.csv")) == n
         assert variant in (run / "table.md").read_text()
         assert len(load_raw_times(run)) == n
-    writer.finish()
-    assert json.loads((run / "results.json").read_text())["meta"]["status"] == "complete"
+    writer.finish(threads={"jax": 2})
+    meta = json.loads((run / "results.json").read_text())["meta"]
+    assert meta["status"] == "complete" and meta["finished_utc"] and meta["threads"] == {"jax": 2}
     assert sorted(p.name for p in run.iterdir()) == ["raw_times.json", "results.csv", "results.json", "table.md"]
 
 
@@ -79,7 +81,7 @@ def test_load_run_gives_meta_and_a_frame_with_every_contract_column(tmp_path):
     writer.add(record(), [0.01, 0.02])
     meta, df = load_run(tmp_path / "r")
     assert meta["machine_tag"] == "box"
-    assert set(results.RECORD_KEYS) <= set(df.columns) and df.loc[0, "run"] == "r"
+    assert set(RECORD_KEYS) <= set(df.columns) and df.loc[0, "run"] == "r"
     assert load_raw_times(tmp_path / "r") == {"baseline|jax|jit|cpu|1": [0.01, 0.02]}
 
 
@@ -113,13 +115,31 @@ def test_not_a_run_folder_is_a_one_line_error(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_raw_times_key_is_the_key_reports_match_runs_on():
-    assert results.RAW_KEY_FIELDS == report.ROW_KEY
-    assert results.raw_key(record(batch=64)) == "baseline|jax|jit|cpu|64"
+def test_compare_finds_the_raw_times_of_every_row_it_stores(tmp_path):
+    for name in ("a", "b"):
+        writer = RunWriter(tmp_path / name, META)
+        for variant, batch in (("baseline", 1), ("baseline", 64), ("practical", 64)):
+            writer.add(record(variant, batch=batch), [0.010, 0.011, 0.012, 0.010])
+    (_, df_a), (_, df_b) = load_run(tmp_path / "a"), load_run(tmp_path / "b")
+    json.loads((tmp_path / "a" / "raw_times.json").read_text())  # strict JSON, string keys
+    out = compare.compare_runs(df_a, load_raw_times(tmp_path / "a"), df_b, load_raw_times(tmp_path / "b"))
+    assert len(out) == 3 and set(out["mark"]) == {"~"}  # '?' would mean a row lost its raw times
 
 
-def test_table_md_survives_records_the_report_cannot_render(tmp_path):
-    writer = RunWriter(tmp_path, META)
+def test_a_folder_that_cannot_be_written_is_a_one_line_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(results.ResultsError, match="cannot write a run folder here") as e:
+        RunWriter(tmp_path / "file" / "run", META)
+    assert "\n" not in str(e.value)
+
+
+def test_table_md_survives_records_the_report_cannot_render(tmp_path, monkeypatch):
+    def broken(df, fmt):
+        raise KeyError("a reporting bug")
+
+    monkeypatch.setattr(report, "render_table", broken)
+    writer = RunWriter(tmp_path, META, table_md=report.run_table_markdown)
     writer.add(record(status="failed", error="boom", latency_ms_p50=None))
-    assert "baseline" in (tmp_path / "table.md").read_text()
+    text = (tmp_path / "table.md").read_text()
+    assert "paper table unavailable" in text and "| baseline | jax | jit | 1 |" in text
     assert math.isnan(pd.read_csv(tmp_path / "results.csv").loc[0, "latency_ms_p50"])

@@ -1,9 +1,9 @@
-"""bench.stats: percentiles, IQR and the noise flag from raw step seconds."""
+"""bench.stats: percentiles, IQR and the noise flag from raw step seconds, and asv's significance rule."""
 
 import numpy as np
 import pytest
 
-from bench.stats import NOISY_IQR_OVER_MEDIAN, latency_stats
+from bench.stats import NOISY_IQR_OVER_MEDIAN, P_THRESHOLD, latency_stats, significance
 
 
 def test_percentiles_mean_iqr_in_milliseconds():
@@ -44,3 +44,14 @@ def test_record_keys_match_the_contract_names():
     keys = latency_stats([0.01, 0.02]).to_dict()
     for key in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_iqr", "iterations"):
         assert key in keys
+
+
+def test_significance_marks_a_clear_change_and_ignores_noise():
+    rng = np.random.default_rng(0)
+    a = 0.010 * rng.lognormal(0, 0.02, 200)
+    mark, p = significance(a, a * 1.5)
+    assert mark == "+" and p < P_THRESHOLD
+    assert significance(a, a / 1.5)[0] == "-"
+    assert significance(a, 0.010 * rng.lognormal(0, 0.02, 200))[0] == "~"
+    assert significance(a, a * 1.05)[0] == "~"  # significant, but within the 1.1x factor
+    assert significance(a, [0.01])[0] == "?"
