@@ -7,53 +7,40 @@ and `bench list` start instantly. Bad input exits 2 with one line on stderr, nev
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
 from typer.core import TyperGroup
 
-from bench.config import DEVICES, FRAMEWORKS, TORCH_MODES, ConfigError, load_config
+from bench.config import ConfigError, FlagError, apply_flags, load_config
 
 EXIT_FAILED = 1  # the run finished but some measurement (or budget) failed
-EXIT_USAGE = 2  # bad flags, a malformed bench.toml, a device that is not here
+EXIT_USAGE = 2  # bad flags, a malformed bench.toml, a device that is not here, a folder that cannot be written
 
 
 class UsageProblem(Exception):
     """Bad input found by a verb itself; str() is the one line shown to the user."""
 
 
-def _click_exceptions():
-    """Click's exception module: vendored inside typer since 0.20-ish, the click package before."""
-    try:
-        from typer._click import exceptions
-    except ImportError:
-        from click import exceptions
-    return exceptions
-
-
 class _OneLineErrors(TyperGroup):
-    """Click's usage errors as one line on stderr (`bench: error: ...`) instead of a boxed help text."""
+    """Typer's usage errors as one line on stderr (`bench: error: ...`) instead of a boxed help text."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        exceptions = _click_exceptions()
-        no_args_is_help = getattr(exceptions, "NoArgsIsHelpError", ())
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                               standalone_mode=False, **extra)
-        except no_args_is_help as e:  # plain `bench`: the help, as a user expects
-            typer.echo(e.ctx.get_help())
-            rv = 0
-        except exceptions.ClickException as e:
+        except typer.TyperException as e:  # every usage error of typer's (vendored) click derives from it
             ctx = getattr(e, "ctx", None)
-            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            typer.echo(f"bench: error: {' '.join(e.format_message().split())}{hint}", err=True)
-            rv = e.exit_code
-        except (typer.Abort, exceptions.Abort):
+            if type(e).__name__ == "NoArgsIsHelpError":  # plain `bench`: the help, as a user expects
+                typer.echo(ctx.get_help())
+                rv = 0
+            else:
+                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                typer.echo(f"bench: error: {' '.join(e.format_message().split())}{hint}", err=True)
+                rv = e.exit_code
+        except typer.Abort:
             typer.echo("bench: aborted", err=True)
             rv = EXIT_FAILED
         if not standalone_mode:
@@ -77,18 +64,21 @@ app = typer.Typer(
 
 def _bad_input_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is a complete one-line answer to bad input (imported only when one is raised)."""
-    from bench.devices import DeviceUnavailableError
+    from bench.machine import DeviceUnavailableError
     from bench.results import ResultsError
     from variants import UnknownVariantError
 
-    return UsageProblem, ConfigError, ResultsError, DeviceUnavailableError, UnknownVariantError
+    return UsageProblem, ConfigError, FlagError, ResultsError, DeviceUnavailableError, UnknownVariantError
 
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """Known bad-input errors from any layer become one line on stderr and exit 2."""
+    """Known bad-input errors from any layer, and a file or folder that cannot be read or written,
+    become one line on stderr and exit 2."""
     try:
         yield
+    except OSError as e:
+        _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
     except Exception as e:
         if isinstance(e, _bad_input_errors()):
             _fail(str(e))
@@ -98,70 +88,6 @@ def _user_errors() -> Iterator[None]:
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
     typer.echo(f"bench: error: {' '.join(str(message).split())}", err=True)
     raise typer.Exit(code)
-
-
-# ---- parsing helpers ------------------------------------------------------------------------------
-
-
-def parse_batches(text: str) -> tuple[int, ...]:
-    """'1,64' -> (1, 64); every entry a positive integer."""
-    batches = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            value = int(part)
-        except ValueError:
-            raise UsageProblem(f"--batch {text!r}: {part!r} is not an integer (e.g. --batch 1,64)") from None
-        if value < 1:
-            raise UsageProblem(f"--batch {text!r}: batch sizes must be >= 1, got {value}")
-        batches.append(value)
-    return tuple(dict.fromkeys(batches))
-
-
-def parse_frameworks(text: str) -> tuple[str, ...]:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if parts == ["all"]:
-        return FRAMEWORKS
-    for part in parts:
-        if part not in FRAMEWORKS:
-            raise UsageProblem(f"--framework {text!r}: {part!r} is not one of {', '.join(FRAMEWORKS)}, all")
-    if not parts:
-        raise UsageProblem("--framework is empty; use jax, torch or all")
-    return tuple(dict.fromkeys(parts))
-
-
-def _check_chunk(chunk: int, variant_names: list[str]) -> None:
-    """A step must complete whole output frames for every variant: chunk a multiple of each output stride."""
-    import variants
-
-    if chunk < 1:
-        raise UsageProblem(f"--chunk must be a positive number of 10 ms input frames, got {chunk}")
-    strides = {name: variants.get(name).spec.output_stride for name in variant_names}
-    bad = {name: s for name, s in strides.items() if chunk % s}
-    if bad:
-        need = math.lcm(*strides.values())
-        name, stride = next(iter(bad.items()))
-        raise UsageProblem(
-            f"--chunk {chunk} does not complete whole frames for {name} (needs a multiple of {stride} input frames); "
-            f"use a multiple of {need} for this selection, e.g. --chunk {need}"
-        )
-
-
-def _check_device(device: str, frameworks: tuple[str, ...]) -> None:
-    from bench.devices import available_devices
-
-    if device not in DEVICES:
-        raise UsageProblem(f"--device {device!r} is not one of {', '.join(DEVICES)}")
-    available = available_devices(frameworks)
-    missing = [fw for fw in frameworks if device not in available.get(fw, [])]
-    if missing:
-        here = "; ".join(f"{fw}: {', '.join(kinds) or 'none'}" for fw, kinds in available.items())
-        raise UsageProblem(f"device {device!r} is not available to {', '.join(missing)} on this machine; available: {here}")
-
-
-def _default_out(base: str, device: str) -> Path:
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Path(base) / f"{stamp}-{device}"
 
 
 # ---- verbs ----------------------------------------------------------------------------------------
@@ -181,15 +107,13 @@ def list_variants(
     with _user_errors():
         import variants
 
+        from variants import analytic
+
         selected = variants.select(pattern)
-        try:
-            from variants import analytic
-        except ImportError:  # counting needs only the spec, but list must work without it
-            analytic = None
         width = max(len(n) for n in selected)
         for name in selected:
             variant = variants.get(name)
-            params = f"{analytic.param_count(variant.spec) / 1e6:7.1f}M" if analytic else "       ?"
+            params = f"{analytic.param_count(variant.spec) / 1e6:7.1f}M"
             typer.echo(f"{name:<{width}}  {params}  {variant.description}")
 
 
@@ -222,55 +146,23 @@ def run_cmd(
       bench run --variant 'conv*' --device gpu --out reports/runs/gpu-test
       bench run --device tpu --framework jax --dtype bfloat16
     """
-    from bench import results, runner
+    from bench import machine, report, results, runner
 
     with _user_errors():
         cfg = load_config(config)
-        run_cfg = cfg.run
-        import variants
-
-        variant_names = variants.select(variant if variant is not None else run_cfg.variants)
-        frameworks = parse_frameworks(framework) if framework is not None else run_cfg.frameworks
-        batches = parse_batches(batch) if batch is not None else run_cfg.batches
-        chunk_frames = chunk if chunk is not None else run_cfg.chunk_frames
-        _check_chunk(chunk_frames, variant_names)
-        if torch_modes is not None:
-            modes = tuple(m.strip() for m in torch_modes.split(",") if m.strip())
-            if not modes or any(m not in TORCH_MODES for m in modes):
-                raise UsageProblem(f"--torch-mode {torch_modes!r}: choose from {', '.join(TORCH_MODES)}")
-            run_cfg = replace(run_cfg, torch_modes=modes)
-        if dtype is not None:
-            if dtype not in ("float32", "bfloat16"):
-                raise UsageProblem(f"--dtype {dtype!r}: choose from float32, bfloat16")
-            run_cfg = replace(run_cfg, dtype=dtype)
-        device = device if device is not None else run_cfg.device
-        _check_device(device, frameworks)
-        out_dir = out if out is not None else _default_out(run_cfg.out_dir, device)
+        run = apply_flags(cfg, variant=variant, framework=framework, batch=batch, chunk=chunk, torch_mode=torch_modes,
+                          dtype=dtype, device=device, out=out, machine_tag=machine_tag)
+        machine.check_available(run.device, run.frameworks)
+        out_dir = Path(run.out_dir)
         if (out_dir / results.RESULTS_JSON).exists():
             raise UsageProblem(f"--out {out_dir} already holds a run; choose another folder")
-
-        plan = runner.RunPlan(
-            variants=tuple(variant_names), frameworks=frameworks,
-            modes={fw: run_cfg.modes(fw) for fw in frameworks}, device=device, batches=batches,
-            chunk_frames=chunk_frames, dtype=run_cfg.dtype,
-        )
-        tag = machine_tag or run_cfg.machine_tag
-        # The config as this run used it: flags folded into [run], and which [measure] preset applied.
-        effective = cfg.to_dict()
-        effective["run"].update(variants=",".join(variant_names), frameworks=list(frameworks), device=device,
-                                batches=list(batches), chunk_frames=chunk_frames, torch_modes=list(run_cfg.torch_modes),
-                                dtype=run_cfg.dtype,
-                                out_dir=str(out_dir), machine_tag=tag)
-        effective["quick_run"] = quick
-        effective["measure_used"] = effective["quick" if quick else "measure"]
-        measure_fn, settings_cls = runner.load_measure()
-        settings = runner.make_settings(settings_cls, cfg.measure_for(quick))
-
-    writer = results.RunWriter(out_dir, results.run_metadata(effective, machine_tag=tag))
+        plan = runner.RunPlan.from_config(run)
+        meta = runner.run_metadata(cfg.as_used(run, quick), machine_tag=run.machine_tag)
+        writer = results.RunWriter(out_dir, meta, table_md=report.run_table_markdown)
     typer.echo(f"bench: {len(plan.jobs())} measurements -> {out_dir}", err=True)
     try:
         with _user_errors():
-            summary = runner.run(plan, settings, writer, measure_fn=measure_fn, progress=progress)
+            summary = runner.run(plan, cfg.measure_for(quick), writer, progress=progress)
     except KeyboardInterrupt:
         _fail(f"interrupted; {len(writer.records)} records kept in {out_dir}", code=130)
     typer.echo((out_dir / results.TABLE_MD).read_text(encoding="utf-8"))
@@ -324,9 +216,9 @@ def plot_cmd(
         from bench import plots
         from bench.results import load_runs
 
-        metas, df = load_runs(run_dirs)
+        _, df = load_runs(run_dirs)
         out_dir = out if out is not None else Path(run_dirs[0]) / "plots"
-        paths = plots.plot_all(df, out_dir, meta=metas)  # the metadata carries the machine's roofline
+        paths = plots.plot_all(df, out_dir)
     for path in paths:
         typer.echo(str(path))
 
@@ -348,13 +240,13 @@ def compare_cmd(
     if fmt not in ("markdown", "csv", "latex"):
         _fail(f"--format {fmt!r} is not one of markdown, csv, latex")
     with _user_errors():
-        from bench import report
+        from bench import compare
         from bench.results import load_raw_times, load_run
 
         _, df_a = load_run(run_a)
         _, df_b = load_run(run_b)
-        table = report.compare_runs(df_a, load_raw_times(run_a), df_b, load_raw_times(run_b))
-        text = report.render_comparison(table, fmt)
+        table = compare.compare_runs(df_a, load_raw_times(run_a), df_b, load_raw_times(run_b))
+        text = compare.render_comparison(table, fmt)
     typer.echo(text)
 
 
@@ -366,20 +258,19 @@ def env_cmd() -> None:
     Examples:
       bench env
     """
-    from bench import devices
-    from bench.results import THREAD_ENV_VARS, environment, git_info
+    from bench import machine
 
-    env = environment()
+    env = machine.environment()
     typer.echo(f"python     {env['machine']['python']} on {env['machine']['platform']}")
     typer.echo(f"cpu        {env['machine']['cpu_name']} ({env['machine']['usable_cores']} usable of {env['machine']['cpu_count']} cores)")
     for name, version in env["versions"].items():
         typer.echo(f"{name:<10} {version or 'not installed'}")
-    for framework, kinds in devices.available_devices().items():
+    for framework, kinds in machine.available_devices().items():
         typer.echo(f"devices    {framework}: {', '.join(kinds) or 'none'}")
-    threads = ", ".join(f"{fw} {devices.machine_info(fw)['threads']}" for fw in ("torch", "jax"))
-    variables = [f"{k}={v}" for k, v in env["threads"].items() if k in THREAD_ENV_VARS and v is not None]
+    threads = ", ".join(f"{fw} {machine.framework_threads(fw)}" for fw in ("torch", "jax"))
+    variables = [f"{k}={v}" for k, v in env["threads"].items() if k in machine.THREAD_ENV_VARS and v is not None]
     typer.echo(f"threads    {threads}" + (f" ({'; '.join(variables)})" if variables else ""))
-    git = git_info()
+    git = machine.git_info()
     typer.echo(f"git        {git['commit'] or 'no commit'}{' (dirty)' if git['dirty'] else ''}")
 
 

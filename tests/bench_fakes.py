@@ -1,28 +1,18 @@
-"""A fake `bench.measure.measure` for the CLI/runner tests: CONTRACT-shaped records with made-up,
+"""A fake `bench.measure.measure` for the CLI/runner tests: records with every RECORD_KEYS key and made-up,
 deterministic step times, so `bench run` can be driven end to end without building a model."""
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from bench.measure import RAW_STEP_KEY
-from bench.results import RECORD_KEYS
+from bench.schema import RAW_STEP_KEY, RECORD_KEYS
 from bench.stats import latency_stats
 
 # p50 step time (ms) at batch 1; each ladder step is faster than the one before.
 P50_MS = {"baseline": 10.0, "conv_lower": 9.0, "conv_lower_downsized": 5.0, "practical": 4.0, "practical_cascade": 4.2}
-
-
-@dataclass(frozen=True)
-class FakeSettings:
-    warmup_iterations: int = 0
-    min_iterations: int = 1
-    min_time_s: float = 0.0
-    max_time_s: float = 1.0
 
 
 class FakeMeasure:
@@ -59,10 +49,9 @@ class FakeMeasure:
 
 def install(monkeypatch, fake: Callable, devices: dict[str, list[str]] | None = None) -> None:
     """Route `bench run` to `fake` and pretend `devices` are present (default: CPU only)."""
-    from bench import devices as devices_mod
-    from bench import runner
+    from bench import machine, runner
 
-    monkeypatch.setattr(runner, "load_measure", lambda: (fake, FakeSettings))
+    monkeypatch.setattr(runner, "load_measure", lambda: fake)
     present = devices if devices is not None else {"jax": ["cpu"], "torch": ["cpu"]}
-    monkeypatch.setattr(devices_mod, "available_devices", lambda frameworks=("jax", "torch"): {
+    monkeypatch.setattr(machine, "available_devices", lambda frameworks=("jax", "torch"): {
         fw: present.get(fw, []) for fw in frameworks})

@@ -11,10 +11,12 @@ from typer.testing import CliRunner
 import variants
 from bench import results
 from bench.cli import app
-from bench_fakes import FakeMeasure, FakeSettings, install
+from bench.config import MeasureSettings, load_config
+from bench.schema import RECORD_KEYS, raw_key
+from bench_fakes import FakeMeasure, install
 
 cli = CliRunner()
-LADDER = ["baseline", "conv_lower", "conv_lower_downsized", "practical", "practical_cascade"]
+LADDER = load_config().run.variants.split(",")  # what `bench run` measures with no flags
 
 
 def invoke(*args: str):
@@ -126,6 +128,19 @@ def test_a_malformed_config_exits_2_naming_file_and_line(monkeypatch, tmp_path):
     assert f"{bad}:3: run.batches" in line
 
 
+@pytest.mark.parametrize("verb", ["run", "plot"])
+def test_an_unwritable_out_folder_exits_2_with_one_line(monkeypatch, tmp_path, verb):
+    fake = FakeMeasure()
+    install(monkeypatch, fake)
+    run = tmp_path / "run"
+    assert invoke("run", "--variant", "baseline", "--batch", "1", "--framework", "jax", "--out", str(run)).exit_code == 0
+    fake.calls.clear()
+    args = ["run", "--variant", "baseline"] if verb == "run" else ["plot", str(run)]
+    line = assert_one_line_error(invoke(*args, "--out", "/proc/x"))
+    assert "/proc/x" in line
+    assert not fake.calls
+
+
 def test_an_existing_run_folder_is_not_overwritten(monkeypatch, tmp_path):
     install(monkeypatch, FakeMeasure())
     out = tmp_path / "run"
@@ -148,7 +163,7 @@ def test_default_run_measures_the_ladder_into_a_timestamped_folder(monkeypatch, 
     assert len(records) == len(LADDER) * 2 * 2  # variants x frameworks x batches (1, 64)
     assert [r["variant"] for r in records[::4]] == LADDER
     assert {(c["framework"], c["mode"]) for c in fake.calls} == {("jax", "jit"), ("torch", "eager")}
-    assert all(isinstance(c["settings"], FakeSettings) and c["chunk_frames"] == 6 for c in fake.calls)
+    assert all(c["settings"] == load_config().measure and c["chunk_frames"] == 6 for c in fake.calls)
     assert meta["status"] == "complete" and meta["finished_utc"]
     assert meta["config"]["run"]["batches"] == [1, 64] and meta["config"]["quick_run"] is False
     for key in ("machine", "versions", "threads", "git", "started_utc"):
@@ -163,12 +178,12 @@ def test_results_schema_has_every_contract_key(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     _, records = load(out)
     for record in records:
-        assert set(results.RECORD_KEYS) <= set(record)
+        assert set(RECORD_KEYS) <= set(record)
         assert "raw_step_s" not in record  # raw times live in raw_times.json
     csv = pd.read_csv(out / results.RESULTS_CSV)
-    assert list(csv.columns[: len(results.RECORD_KEYS)]) == list(results.RECORD_KEYS)
+    assert list(csv.columns[: len(RECORD_KEYS)]) == list(RECORD_KEYS)
     raw = results.load_raw_times(out)
-    assert set(raw) == {results.raw_key(r) for r in records} and all(len(t) == 30 for t in raw.values())
+    assert set(raw) == {raw_key(r) for r in records} and all(len(t) == 30 for t in raw.values())
     speedup = {(r["variant"], r["framework"]): r["speedup_vs_baseline"] for r in records}
     assert speedup[("baseline", "jax")] == pytest.approx(1.0)
     assert speedup[("practical", "jax")] == pytest.approx(10.0 / 4.0, rel=0.05)
@@ -228,7 +243,9 @@ def test_flags_override_the_config(monkeypatch, tmp_path):
     assert {(c["framework"], c["mode"], c["batch"]) for c in fake.calls} == {
         ("jax", "jit", 1), ("jax", "jit", 3), ("torch", "eager", 1), ("torch", "eager", 3),
         ("torch", "compile", 1), ("torch", "compile", 3)}
-    assert fake.calls[0]["settings"].min_iterations == 7  # [measure.quick] reached MeasureSettings
+    settings = fake.calls[0]["settings"]
+    assert isinstance(settings, MeasureSettings) and settings.min_iterations == 7  # [measure.quick] reached measure
+    assert settings.warmup_iterations == load_config().quick.warmup_iterations  # the rest: the repository's preset
 
 
 # ---- report / compare on run folders --------------------------------------------------------------
