@@ -1,6 +1,6 @@
 """FLOP counters for one streaming step, each reporting FLOPs = 2 x multiply-adds (MACs).
 
-Three tools, each with blind spots (../shared/reference/counting.md), normalised to one unit:
+Three tools, each with the blind spots listed below, normalised to one unit:
 - XLA cost analysis of the compiled JAX step (`xla_count`): counts 2 per MAC already, plus every
   elementwise op and reduction; exp/tanh/... go to `transcendentals`. Best effort: may be None.
 - torch.utils.flop_counter.FlopCounterMode on the PyTorch step (`flop_counter_mode_count`):
