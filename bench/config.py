@@ -332,7 +332,7 @@ def load_config(path: str | Path | None = None) -> Config:
         path = DEFAULT_CONFIG_PATH
     path = Path(path)
     if path.exists() and path.resolve() == SHIPPED_CONFIG_PATH:
-        return shipped
+        return dataclasses.replace(shipped, path=path)  # the path as given: it is recorded in results.json
     return _read_config(path, shipped)
 
 

@@ -9,13 +9,9 @@ import variants
 from bench import report
 from synthetic_runs import records
 
-LADDER = ["baseline", "conv_lower", "conv_lower_downsized", "practical", "practical_cascade"]
-
-
 def test_rows_follow_the_ladder_whatever_the_record_order():
     table = report.paper_table(records(shuffle=True, seed=3))
-    assert list(table.index) == variants.names()
-    assert list(table.index[:5]) == LADDER  # the ablation ladder first, the single ideas after
+    assert list(table.index) == variants.names()  # the registry declares the ladder in order
 
 
 def test_columns_per_framework_mode_and_batch_in_reading_order():
