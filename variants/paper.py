@@ -1,7 +1,7 @@
 """The paper's variants, declared as specs: the ablation ladder first, then each idea alone.
 
 Ladder (the order `--variant all` walks): baseline -> conv_lower -> conv_lower_downsized ->
-practical -> practical_cascade. Every number marked "ours" is [open] in the paper.
+practical -> practical_cascade. Every number marked "ours" is one the paper does not give.
 """
 
 from variants.registry import register
@@ -10,7 +10,7 @@ from variants.spec import EncoderSpec, SecondPassSpec
 # Optimization 1: the lowest 4 blocks become conv-only (4 is the common guess; ours).
 CONV_ONLY_BLOCKS = 4
 
-# Optimization 2, downsizing (ours; the notes report "over 2x" compression): d 512 -> 384 with
+# Optimization 2, downsizing (ours): d 512 -> 384 with
 # 6 heads (head_dim stays 64) and FFN 5d -> 4d (2560 -> 1536) halve every block's weights
 # (~2.1x fewer parameters); a 2x frame stacking before block 4 runs the 13 upper blocks at 60 ms,
 # halving their per-second cost, and the left context shrinks to 32 frames so attention still

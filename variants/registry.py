@@ -53,6 +53,15 @@ def get(name: str) -> Variant:
         raise UnknownVariantError(f"unknown variant {name!r}; valid variants: {', '.join(_VARIANTS)}") from None
 
 
+def resolve_spec(name_or_spec: "str | EncoderSpec") -> EncoderSpec:
+    """A registered variant's spec, or the spec itself; an unknown name raises UnknownVariantError."""
+    if isinstance(name_or_spec, EncoderSpec):
+        return name_or_spec
+    if not isinstance(name_or_spec, str):
+        raise TypeError(f"expected a variant name or an EncoderSpec, got {type(name_or_spec).__name__}")
+    return get(name_or_spec).spec
+
+
 def select(pattern: str) -> list[str]:
     """Names matching 'all', a name, a glob ('perf*') or a comma list of those, in ladder order."""
     wanted: set[str] = set()

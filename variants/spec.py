@@ -13,9 +13,11 @@ from typing import Any
 BLOCK_KINDS = ("conformer", "conv")  # "conv": Lingvo's layer_order='conv', no attention at all
 ATTENTION_KINDS = ("local", "performer")
 PERFORMER_KERNELS = ("softmax", "relu")
-# Sub-layers of a block, in the order they run; "mhsa" is skipped in conv-only blocks.
+# The sub-layer names block_order may use (variants.schedule runs them in its order); "mhsa" is
+# skipped in conv-only blocks.
 SUBLAYERS = ("ffn", "conv", "mhsa", "norm")
-DEFAULT_BLOCK_ORDER = ("ffn", "conv", "mhsa", "ffn", "norm")  # [summary]: FF -> Conv -> MHSA -> FF -> LN
+# FF -> Conv -> MHSA -> FF -> LN: the block order summaries of the paper give (the abstract does not).
+DEFAULT_BLOCK_ORDER = ("ffn", "conv", "mhsa", "ffn", "norm")
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,8 @@ class SecondPassSpec:
 
     A segment of `segment_frames` first-pass frames is encoded at once, so the first frame of a
     segment sees the whole segment ahead of it (its right context) and the second pass lags the
-    first by one segment. Google's cascades give the second pass ~900 ms of right context
-    (reference notes, [open]); 900 ms is 30 frames at 30 ms or 15 frames at 60 ms.
+    first by one segment. The paper does not give the right context; Google's cascaded encoders
+    typically give the second pass ~900 ms, which is 30 frames at 30 ms or 15 frames at 60 ms.
     """
 
     model_dim: int = 512
@@ -51,10 +53,10 @@ class EncoderSpec:
     - 17 blocks x model_dim 512, 8 heads, conv kernel 32: Conformer-L (Gulati et al. 2020), the
       closest public shape to the paper's baseline (NeMo's streaming FastConformer uses 17 x 512 too).
     - ffn_dim 2560 (5 x d, not Conformer-L's 4 x d): ours, so the encoder lands at ~121M parameters,
-      the paper's ~120M [summary]; with it the MACs per 30 ms frame (~122M) match ~247M FLOPs/frame.
+      the ~120M summaries of the paper give; with it the MACs per 30 ms frame (~122M) match ~247M FLOPs/frame.
     - input_dim 128 log-mel at 10 ms, stacked x3 to 30 ms frames: Google's front end uses 128-dim
       log-mel at a 30 ms encoder frame rate; plain non-overlapping stacking is our simplification.
-    - left_context 64 frames (1.92 s at 30 ms): ours ([open] in the paper).
+    - left_context 64 frames (1.92 s at 30 ms): ours (the paper does not give it).
     Time reduction: `reductions` holds (position, factor) pairs; a reduction at position p stacks
     `factor` consecutive frames and projects them back to model_dim before block p. Position 0 is
     the input layer (it projects input_dim * factor -> model_dim); without one the input layer is a
