@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import variants
 from bench import counters
 from bench.adapters import jax_adapter, torch_adapter
-from bench.devices import resolve_device
+from bench.machine import resolve_device
 from variants import analytic
 
 TOLERANCE = 0.05
@@ -33,7 +33,7 @@ def _analytic_flops(spec, batch=BATCH, chunk=CHUNK) -> int:
 
 
 def _prepare(adapter, framework, spec):
-    return adapter.prepare(spec, batch=BATCH, chunk_frames=CHUNK, dtype="float32", device="cpu",
+    return adapter.prepare(spec, batch=BATCH, chunk_frames=CHUNK, dtype="float32",
                            native_device=resolve_device(framework, "cpu"), mode="jit" if framework == "jax" else "eager",
                            seed=0)
 
@@ -55,9 +55,8 @@ def _check_xla_and_flop_counter_mode(name, spec):
     assert xla.flops == pytest.approx(expected, rel=TOLERANCE), f"XLA total vs analytic matmul/conv for {name}"
     assert xla.flops >= 0.99 * expected  # XLA sees every MAC plus elementwise work
 
-    torch_session = _prepare(torch_adapter, "torch", spec)
-    fcm = counters.flop_counter_mode_count(
-        lambda: torch_session.encoder.native_step(torch_session.x, torch_session.initial_state()))
+    torch_session = _prepare(torch_adapter, "torch", spec)  # eager: its step is the module's own
+    fcm = counters.flop_counter_mode_count(lambda: torch_session.step(torch_session.initial_state()))
     assert fcm.flops is not None, fcm.reason
     assert fcm.flops == pytest.approx(expected, rel=TOLERANCE), f"FlopCounterMode vs analytic for {name}"
 

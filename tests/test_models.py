@@ -1,11 +1,13 @@
 """Both frameworks, every variant: streaming == forward, JAX == PyTorch, counts == analytic."""
 
+import math
+
 import numpy as np
 import pytest
 
 import variants
 from variants import analytic
-from variants.state import array_leaves
+from variants.state import array_leaves, named_arrays
 from tiny import tiny_variants
 
 TINY = tiny_variants()
@@ -78,22 +80,39 @@ def test_same_seed_gives_same_weights_in_both_frameworks(name):
 
 
 @pytest.mark.parametrize("name", list(TINY))
-def test_params_and_state_bytes_match_analytic(built, name):
+def test_params_match_analytic(built, name):
     spec = TINY[name]
     for enc in built[name]:
         assert enc.num_params() == analytic.param_count(spec)
         assert sum(w.size for w in enc.weights().values()) == analytic.param_count(spec)
-        for batch in (1, 3):
-            assert enc.state_bytes(batch) == analytic.state_bytes(spec, batch)
 
 
-def test_state_bytes_sum_the_real_state_arrays(built):
-    import jax
+def _arrays(state) -> dict[str, tuple[tuple[int, ...], str]]:
+    """path -> (shape, "bool" | "float") of the real state arrays, whichever the framework."""
+    return {path: (tuple(a.shape), "bool" if str(a.dtype).endswith("bool") else "float")
+            for path, a in named_arrays(state)}
 
 
-    jax_enc, torch_enc = built["baseline"]
-    assert jax_enc.state_bytes(2) == sum(a.nbytes for a in jax.tree_util.tree_leaves(jax_enc.init_state(2)))
-    assert torch_enc.state_bytes(2) == sum(t.nbytes for t in array_leaves(torch_enc.init_state(2)))
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+@pytest.mark.parametrize("name", list(TINY))
+def test_state_bytes_are_the_real_state_arrays_and_the_analytic_count(built, name, framework):
+    """The arrays init_state returns, and those a step returns (its time-reduction buffers part-full
+    or not), are the spec's state: same paths, shapes and kinds, and state_bytes is their size."""
+    spec = TINY[name]
+    enc = built[name][0 if framework == "jax" else 1]
+    expected = {path: (shape, kind) for path, (shape, kind, _) in analytic.state_shapes(spec, 3).items()}
+    state = enc.init_state(3)
+    x = _features(spec, frames=3 * spec.output_stride + 1, batch=3)
+    for size in (0, 1, spec.output_stride, 2 * spec.output_stride):  # 0: the fresh state
+        if size:
+            _, state = enc.step(x[:, :size], state)
+        assert _arrays(state) == expected
+        real_bytes = sum(math.prod(a.shape) * a.dtype.itemsize for a in array_leaves(state))
+        assert real_bytes == analytic.state_bytes(spec, 3)
+    assert enc.state_bytes(3) == real_bytes
+
+
+def test_state_kinds_follow_the_block_and_attention_kinds():
     # conv-only blocks keep no attention state; the Performer's does not grow with the left context
     kinds = analytic.state_bytes_breakdown
     assert kinds(TINY["conv_lower"], 1)["attention"] < kinds(TINY["baseline"], 1)["attention"]
@@ -180,3 +199,8 @@ def test_bfloat16_state_keeps_its_dtype_and_halves_its_bytes(name, framework):
         dtypes = [(a.dtype, b.dtype) for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(new_state))]
         assert all(a == b for a, b in dtypes)
     assert enc.state_bytes(2) == analytic.state_bytes(spec, 2, dtype_bytes=2)
+
+
+def test_build_takes_a_native_device_not_a_name():
+    with pytest.raises(TypeError, match="native device"):
+        variants.build(TINY["baseline"], "torch", device="cpu")

@@ -76,7 +76,8 @@ def first_pass_param_count(spec: EncoderSpec) -> int:
 
 # ---- streaming state --------------------------------------------------------------------------
 def state_shapes(spec: EncoderSpec, batch: int) -> dict[str, tuple[tuple[int, ...], str, str]]:
-    """path -> (shape, "float"|"bool", category) for every array in the streaming state.
+    """path -> (shape, "float"|"bool", category) for every array in the streaming state; the paths
+    are those variants.state.named_arrays gives the state a model's init_state returns.
 
     Categories: "attention" (K/V cache + validity mask, or Performer sums S and z), "conv" (the
     causal depthwise conv's last kernel-1 inputs), "time_reduction" (frames waiting to be stacked).
@@ -84,11 +85,11 @@ def state_shapes(spec: EncoderSpec, batch: int) -> dict[str, tuple[tuple[int, ..
     b, d, h, dh = batch, spec.model_dim, spec.num_heads, spec.head_dim
     shapes: dict[str, tuple[tuple[int, ...], str, str]] = {}
     if spec.input_stack > 1:
-        shapes["input.pending"] = ((b, spec.input_stack - 1, spec.input_dim), "float", "time_reduction")
+        shapes["input.frames"] = ((b, spec.input_stack - 1, spec.input_dim), "float", "time_reduction")
     for i, kind in enumerate(spec.block_kinds):
         factor = spec.reduction_before(i)
         if i > 0 and factor > 1:
-            shapes[f"blocks.{i}.stack.pending"] = ((b, factor - 1, d), "float", "time_reduction")
+            shapes[f"blocks.{i}.stack.frames"] = ((b, factor - 1, d), "float", "time_reduction")
         shapes[f"blocks.{i}.conv"] = ((b, spec.conv_kernel - 1, d), "float", "conv")
         if kind != "conformer":
             continue
@@ -119,14 +120,6 @@ def state_bytes_breakdown(spec: EncoderSpec, batch: int, dtype_bytes: int = 4) -
 
 def state_bytes(spec: EncoderSpec, batch: int, dtype_bytes: int = 4) -> int:
     return sum(state_bytes_breakdown(spec, batch, dtype_bytes).values())
-
-
-def state_bytes_per_block(spec: EncoderSpec, batch: int, dtype_bytes: int = 4) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for path, (shape, kind, _) in state_shapes(spec, batch).items():
-        owner = ".".join(path.split(".")[:2]) if path.startswith("blocks.") else "input"
-        out[owner] = out.get(owner, 0) + _nbytes(shape, kind, dtype_bytes)
-    return out
 
 
 # ---- multiply-adds per streaming step ---------------------------------------------------------

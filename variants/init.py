@@ -19,6 +19,11 @@ _cache: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 _cached_bytes = 0
 
 
+def initial_weights(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
+    """Canonical name -> the array `seed` draws for it; what both frameworks' encoders start from."""
+    return {name: init_weight(name, tuple(shape), seed) for name, shape in shapes.items()}
+
+
 def init_weight(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
     global _cached_bytes
     key = (name, tuple(shape), seed)

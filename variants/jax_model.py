@@ -1,13 +1,13 @@
-"""The encoder in JAX/Flax (linen). Mirrors variants/torch_model.py class by class.
+"""The encoder's layers in JAX/Flax (linen). Mirrors variants/torch_model.py class by class.
 
-Every streaming module has `__call__` (full-sequence causal forward), `init_state` and `step`.
+Every streaming module has `__call__` (full-sequence causal forward), `init_state` and `step`; the
+order the blocks and the encoder run them in is variants.schedule's, shared with PyTorch.
 Parameter layouts are the canonical ones (Dense kernel [in, out], depthwise kernel [K, D]), so
 flattened names and arrays are the same in both frameworks.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import flax.linen as nn
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from variants.init import check_weights, init_weight
+from variants import schedule
 from variants.spec import EncoderSpec, SecondPassSpec
 from variants.state import StackBuffer
 
@@ -24,6 +24,10 @@ FAVOR_EPS = 1e-6  # added to softmax-kernel features (FAVOR+ reference value)
 RELU_EPS = 1e-3  # added to ReLU-kernel features (FAVOR+ reference value)
 
 jax.tree_util.register_dataclass(StackBuffer, data_fields=["frames"], meta_fields=["count"])
+
+FRAME_OPS = schedule.FrameOps(
+    concat=lambda arrays: jnp.concatenate(arrays, axis=1),
+    zeros=lambda like, n: jnp.zeros((like.shape[0], n, like.shape[2]), like.dtype))
 
 
 def _layer_norm(dtype) -> nn.LayerNorm:
@@ -45,13 +49,10 @@ class TimeReduction(nn.Module):
     def setup(self):
         self.proj = nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=self.dtype)
 
-    def _stack(self, x):
+    def __call__(self, x):  # a trailing partial group of frames is dropped (streaming buffers it)
         b, t, _ = x.shape
         n = t // self.factor
         return self.proj(x[:, : n * self.factor].reshape(b, n, self.factor * self.in_dim))
-
-    def __call__(self, x):
-        return self._stack(x)
 
     def init_state(self, batch):
         if self.factor == 1:
@@ -59,13 +60,7 @@ class TimeReduction(nn.Module):
         return StackBuffer(jnp.zeros((batch, self.factor - 1, self.in_dim), self.dtype), 0)
 
     def step(self, x, state):
-        if self.factor == 1:
-            return self._stack(x), state
-        x = jnp.concatenate([state.frames[:, : state.count], x], axis=1)
-        used = (x.shape[1] // self.factor) * self.factor
-        rest = x[:, used:]
-        pad = jnp.zeros((x.shape[0], self.factor - 1 - rest.shape[1], self.in_dim), x.dtype)
-        return self._stack(x), StackBuffer(jnp.concatenate([rest, pad], axis=1), rest.shape[1])
+        return schedule.time_reduction_step(self, x, state, FRAME_OPS)
 
 
 class FeedForward(nn.Module):
@@ -302,10 +297,10 @@ class PerformerAttention(nn.Module):
 
 # ---- blocks and encoder -----------------------------------------------------------------------
 class Block(nn.Module):
-    """One encoder block: optional time reduction, then the sub-layers in `order` with residuals.
+    """One encoder block: optional time reduction, then the sub-layers in spec.block_order with residuals.
 
-    kind "conformer" has attention, kind "conv" skips it. State: a dict with the block's parts:
-    stack (time reduction), conv, and k/v/valid (local) or s/z (performer).
+    kind "conformer" has attention, kind "conv" skips it. State (variants.schedule.block_init_state):
+    a dict with stack (time reduction), conv, and k/v/valid (local) or s/z (performer).
     """
 
     spec: EncoderSpec
@@ -327,91 +322,14 @@ class Block(nn.Module):
                                                self.dtype)
         self.norm = _layer_norm(self.dtype) if "norm" in spec.block_order else None
 
-    def _run(self, x, state, streaming: bool):
-        new_state = {}
-        if self.stack is not None:
-            if streaming:
-                x, new_state["stack"] = self.stack.step(x, state["stack"])
-            else:
-                x = self.stack(x)
-        if streaming and x.shape[1] == 0:  # no frame completed at this rate yet: nothing else changes
-            return x, {**state, **new_state}
-        ffn_index = 0
-        for name in self.spec.block_order:
-            if name == "ffn":
-                x = x + 0.5 * self.ffn[ffn_index](x)
-                ffn_index += 1
-            elif name == "conv":
-                if streaming:
-                    y, new_state["conv"] = self.conv.step(x, state["conv"])
-                else:
-                    y = self.conv(x)
-                x = x + y
-            elif name == "mhsa" and self.mhsa is not None:
-                if streaming:
-                    y, attn_state = self.mhsa.step(x, {k: state[k] for k in _ATTN_KEYS if k in state})
-                    new_state.update(attn_state)
-                else:
-                    y = self.mhsa(x)
-                x = x + y
-            elif name == "norm":
-                x = self.norm(x)
-        return x, new_state
-
     def __call__(self, x):
-        return self._run(x, None, streaming=False)[0]
-
-    def step(self, x, state):
-        return self._run(x, state, streaming=True)
+        return schedule.block_forward(self, x)
 
     def init_state(self, batch):
-        state = {}
-        if self.stack is not None:
-            state["stack"] = self.stack.init_state(batch)
-        state["conv"] = self.conv.init_state(batch)
-        if self.mhsa is not None:
-            state.update(self.mhsa.init_state(batch))
-        return state
-
-
-_ATTN_KEYS = ("k", "v", "valid", "s", "z")
-
-
-class Encoder(nn.Module):
-    """The causal first pass: input stacking layer, then the blocks. x [B, T, input_dim] -> [B, T', d]."""
-
-    spec: EncoderSpec
-    dtype: Any = jnp.float32
-
-    def setup(self):
-        spec = self.spec
-        self.input = TimeReduction(spec.input_dim, spec.model_dim, spec.input_stack, self.dtype)
-        self.blocks = [Block(spec, i, self.dtype) for i in range(spec.num_blocks)]
-        self.second_pass = SecondPass(spec.second_pass, spec.model_dim, self.dtype) if spec.second_pass else None
-
-    def __call__(self, x):
-        x = self.input(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-    def init_state(self, batch):
-        return {"input": self.input.init_state(batch), "blocks": tuple(b.init_state(batch) for b in self.blocks)}
+        return schedule.block_init_state(self, batch)
 
     def step(self, x, state):
-        x, input_state = self.input.step(x, state["input"])
-        block_states = []
-        for block, block_state in zip(self.blocks, state["blocks"]):
-            x, block_state = block.step(x, block_state)
-            block_states.append(block_state)
-        return x, {"input": input_state, "blocks": tuple(block_states)}
-
-    def run_second_pass(self, y):
-        return self.second_pass(y)
-
-    def init_all(self, x):  # touches every submodule so `init` creates all parameters
-        y = self(x)
-        return self.second_pass(y) if self.second_pass is not None else y
+        return schedule.block_step(self, x, state)
 
 
 class SecondPassBlock(nn.Module):
@@ -447,106 +365,34 @@ class SecondPass(nn.Module):
         self.proj = nn.Dense(self.sp.model_dim, dtype=self.dtype, param_dtype=self.dtype)
         self.blocks = [SecondPassBlock(self.sp, self.dtype) for _ in range(self.sp.num_blocks)]
 
-    def encode_segment(self, x):
-        x = self.proj(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
     def __call__(self, y):
-        s = self.sp.segment_frames
-        return jnp.concatenate([self.encode_segment(y[:, i: i + s]) for i in range(0, y.shape[1], s)], axis=1)
+        return schedule.second_pass_forward(self, y, FRAME_OPS)
 
 
-# ---- numpy-in/numpy-out wrapper ---------------------------------------------------------------
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+class Encoder(nn.Module):
+    """The causal first pass: input stacking layer, then the blocks. x [B, T, input_dim] -> [B, T', d]."""
 
+    spec: EncoderSpec
+    dtype: Any = jnp.float32
 
-def _canonical(path: tuple) -> str:
-    parts = []
-    for p in path:
-        key = getattr(p, "key", p)
-        parts.append(re.sub(r"^([a-z]+)_(\d+)$", r"\1.\2", str(key)))  # flax list names: blocks_3 -> blocks.3
-    return ".".join(parts)
+    def setup(self):
+        spec = self.spec
+        self.input = TimeReduction(spec.input_dim, spec.model_dim, spec.input_stack, self.dtype)
+        self.blocks = [Block(spec, i, self.dtype) for i in range(spec.num_blocks)]
+        self.second_pass = SecondPass(spec.second_pass, spec.model_dim, self.dtype) if spec.second_pass else None
 
+    def __call__(self, x):
+        return schedule.encoder_forward(self, x)
 
-class JaxEncoder:
-    """Numpy-in/numpy-out encoder (see variants.build); native JAX methods beside it."""
+    def init_state(self, batch):
+        return schedule.encoder_init_state(self, batch)
 
-    framework = "jax"
+    def step(self, x, state):
+        return schedule.encoder_step(self, x, state)
 
-    def __init__(self, spec: EncoderSpec, seed: int = 0, dtype: str = "float32", device=None):
-        self.spec, self.dtype = spec, dtype
-        self.device = device if device is not None else jax.devices()[0]
-        self._jdtype = _DTYPES[dtype]
-        self.module = Encoder(spec, self._jdtype)
-        dummy = jnp.zeros((1, spec.output_stride, spec.input_dim), self._jdtype)  # one frame reaches every block
-        shapes = jax.eval_shape(lambda: self.module.init(jax.random.PRNGKey(0), dummy, method=Encoder.init_all))
-        flat, treedef = jax.tree_util.tree_flatten_with_path(shapes["params"])
-        self.params = jax.tree_util.tree_unflatten(
-            treedef, [self._put(init_weight(_canonical(path), leaf.shape, seed)) for path, leaf in flat])
-        self._forward = jax.jit(lambda p, x: self.module.apply({"params": p}, x))
-        self._second = jax.jit(lambda p, y: self.module.apply({"params": p}, y, method=Encoder.run_second_pass))
-        self._step = jax.jit(self.step_fn, donate_argnums=(2,))
+    def run_second_pass(self, y):
+        return self.second_pass(y)
 
-    # pure function of (params, x, state) for jit/lower/cost analysis
-    def step_fn(self, params, x, state):
-        return self.module.apply({"params": params}, x, state, method=Encoder.step)
-
-    def _put(self, x):
-        return jax.device_put(jnp.asarray(x, self._jdtype), self.device)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._forward(self.params, self._put(x)), np.float32)
-
-    def second_pass_forward(self, y: np.ndarray) -> np.ndarray:
-        if self.spec.second_pass is None:
-            raise ValueError("this variant has no second pass (spec.second_pass is None)")
-        return np.asarray(self._second(self.params, self._put(y)), np.float32)
-
-    def init_state(self, batch: int):
-        state = self.module.apply({"params": self.params}, batch, method=Encoder.init_state)
-        return jax.device_put(state, self.device)  # committed like the step's outputs: one jit cache entry
-
-    def step(self, x_chunk: np.ndarray, state):
-        y, state = self._step(self.params, self._put(x_chunk), state)
-        return np.asarray(y, np.float32), state
-
-    # harness hooks
-    def native_input(self, batch: int, frames: int):
-        x = np.random.default_rng(0).standard_normal((batch, frames, self.spec.input_dim), np.float32)
-        return self._put(x)
-
-    def native_step(self, x, state):
-        return self._step(self.params, x, state)
-
-    @staticmethod
-    def sync(tree):
-        return jax.block_until_ready(tree)
-
-    def num_params(self) -> int:
-        return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(self.params)))
-
-    def state_bytes(self, batch: int) -> int:
-        return int(sum(a.nbytes for a in jax.tree_util.tree_leaves(self.init_state(batch))))
-
-    def weights(self) -> dict[str, np.ndarray]:
-        flat = jax.tree_util.tree_flatten_with_path(self.params)[0]
-        return {_canonical(path): np.asarray(leaf, np.float32) for path, leaf in flat}
-
-    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        flat, treedef = jax.tree_util.tree_flatten_with_path(self.params)
-        names = [_canonical(path) for path, _ in flat]
-        check_weights({name: leaf.shape for name, (_, leaf) in zip(names, flat)}, weights)
-        self.params = jax.tree_util.tree_unflatten(treedef, [self._put(weights[name]) for name in names])
-
-
-def jax_device(name: str | None):
-    """The first JAX device of platform `name` ("cpu" | "gpu" | "tpu"), or JAX's default device."""
-    if name is None:
-        return jax.devices()[0]
-    try:
-        return jax.devices(name)[0]
-    except RuntimeError:
-        available = sorted({d.platform for d in jax.devices()} | {"cpu"})
-        raise ValueError(f"device {name!r} is not available to JAX; available: {', '.join(available)}") from None
+    def init_all(self, x):  # touches every submodule so `init` creates all parameters
+        y = self(x)
+        return self.second_pass(y) if self.second_pass is not None else y

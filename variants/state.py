@@ -1,8 +1,8 @@
-"""Framework-neutral pieces of the streaming state."""
+"""Framework-neutral pieces of the streaming state: the time-reduction buffer, and walking a state tree."""
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 @dataclass
@@ -18,21 +18,48 @@ class StackBuffer:
     count: int
 
 
-def array_leaves(tree: Any) -> Iterator[Any]:
-    """Array leaves of a state/output tree of dicts, tuples, lists and dataclasses (ints skipped).
+def _is_scalar(tree: Any) -> bool:
+    return tree is None or isinstance(tree, (int, float, bool, str))
 
-    Framework-neutral: the PyTorch encoder counts its state bytes with it, and the harness uses it
-    on both frameworks' states."""
-    if tree is None or isinstance(tree, (int, float, bool, str)):
+
+def named_arrays(tree: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, array) for each array leaf of a state/output tree of dicts, tuples, lists and
+    dataclasses, in the same order in both frameworks; ints and None are skipped. Paths read like
+    variants.analytic.state_shapes': "blocks.3.stack.frames"."""
+    if _is_scalar(tree):
         return
     if isinstance(tree, dict):
-        for value in tree.values():
-            yield from array_leaves(value)
+        items = tree.items()
     elif isinstance(tree, (tuple, list)):
-        for value in tree:
-            yield from array_leaves(value)
+        items = enumerate(tree)
     elif dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-        for f in dataclasses.fields(tree):
-            yield from array_leaves(getattr(tree, f.name))
+        items = ((f.name, getattr(tree, f.name)) for f in dataclasses.fields(tree))
     else:
-        yield tree
+        yield path, tree
+        return
+    for key, value in items:
+        yield from named_arrays(value, f"{path}.{key}" if path else str(key))
+
+
+def array_leaves(tree: Any) -> Iterator[Any]:
+    """The arrays of `named_arrays`, without their paths."""
+    return (array for _, array in named_arrays(tree))
+
+
+def map_arrays(fn: Callable[[Any], Any], tree: Any) -> Any:
+    """The same tree with `fn` applied to each array leaf, in `array_leaves` order; ints and None kept."""
+    if _is_scalar(tree):
+        return tree
+    if isinstance(tree, dict):
+        return {key: map_arrays(fn, value) for key, value in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(map_arrays(fn, value) for value in tree)
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        return dataclasses.replace(tree, **{f.name: map_arrays(fn, getattr(tree, f.name))
+                                            for f in dataclasses.fields(tree)})
+    return fn(tree)
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes held by the arrays of a state tree (either framework's arrays have `nbytes`)."""
+    return int(sum(a.nbytes for a in array_leaves(state)))

@@ -1,26 +1,32 @@
-"""The encoder in PyTorch. Mirrors variants/jax_model.py class by class, with the same names.
+"""The encoder's layers in PyTorch. Mirrors variants/jax_model.py class by class, with the same names.
 
-Parameters are kept in the canonical layouts (Dense kernel [in, out], depthwise kernel [K, d]),
-so `state_dict()` names and arrays are the canonical weights shared with JAX.
+Every streaming module has `forward` (full-sequence causal forward), `init_state` and `step`; the
+order the blocks and the encoder run them in is variants.schedule's, shared with JAX. Parameters
+are kept in the canonical layouts (Dense kernel [in, out], depthwise kernel [K, d]), so
+`named_parameters()` names and arrays are the canonical weights shared with JAX. A layer's state
+is created on its parameters' device and dtype.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from variants.init import check_weights, init_weight
+from variants import schedule
 from variants.spec import EncoderSpec, SecondPassSpec
-from variants.state import StackBuffer, array_leaves
+from variants.state import StackBuffer
 
 LN_EPS = 1e-5
 FAVOR_EPS = 1e-6
 RELU_EPS = 1e-3
+
+FRAME_OPS = schedule.FrameOps(
+    concat=lambda tensors: torch.cat(tensors, dim=1),
+    zeros=lambda like, n: like.new_zeros(like.shape[0], n, like.shape[2]))
 
 
 class Dense(nn.Module):
@@ -56,27 +62,18 @@ class TimeReduction(nn.Module):
         self.in_dim, self.factor = in_dim, factor
         self.proj = Dense(factor * in_dim, out_dim)
 
-    def _stack(self, x):
+    def forward(self, x):  # a trailing partial group of frames is dropped (streaming buffers it)
         b, t, _ = x.shape
         n = t // self.factor
         return self.proj(x[:, : n * self.factor].reshape(b, n, self.factor * self.in_dim))
 
-    def forward(self, x):
-        return self._stack(x)
-
-    def init_state(self, batch, like):
+    def init_state(self, batch):
         if self.factor == 1:
             return None
-        return StackBuffer(like.new_zeros(batch, self.factor - 1, self.in_dim), 0)
+        return StackBuffer(self.proj.kernel.new_zeros(batch, self.factor - 1, self.in_dim), 0)
 
     def step(self, x, state):
-        if self.factor == 1:
-            return self._stack(x), state
-        x = torch.cat([state.frames[:, : state.count], x], dim=1)
-        used = (x.shape[1] // self.factor) * self.factor
-        rest = x[:, used:]
-        pad = x.new_zeros(x.shape[0], self.factor - 1 - rest.shape[1], self.in_dim)
-        return self._stack(x), StackBuffer(torch.cat([rest, pad], dim=1), rest.shape[1])
+        return schedule.time_reduction_step(self, x, state, FRAME_OPS)
 
 
 class FeedForward(nn.Module):
@@ -128,8 +125,8 @@ class ConvModule(nn.Module):
         g = F.pad(g, (0, 0, left, k - 1 - left))
         return self._finish(self._depthwise(g))
 
-    def init_state(self, batch, like):
-        return like.new_zeros(batch, self.kernel_size - 1, self.model_dim)
+    def init_state(self, batch):
+        return self.depthwise_kernel.new_zeros(batch, self.kernel_size - 1, self.model_dim)
 
     def step(self, x, state):
         g = torch.cat([state, self._glu(x)], dim=1)
@@ -176,8 +173,9 @@ class LocalAttention(nn.Module):
         mask = torch.as_tensor((offsets <= self.left) & (offsets >= -self.right), device=x.device)[None]
         return self._attend(q, k, v, offsets, mask)
 
-    def init_state(self, batch, like):
+    def init_state(self, batch):
         shape = (batch, self.left, self.num_heads, self.model_dim // self.num_heads)
+        like = self.rel_bias
         return {"k": like.new_zeros(shape), "v": like.new_zeros(shape),
                 "valid": torch.zeros(batch, self.left, dtype=torch.bool, device=like.device)}
 
@@ -263,10 +261,10 @@ class PerformerAttention(nn.Module):
     def quadratic(self, x):
         return self._out(favor_quadratic(*self._phi(x)))
 
-    def init_state(self, batch, like):
+    def init_state(self, batch):
         dh = self.model_dim // self.num_heads
-        return {"s": like.new_zeros(batch, self.num_heads, self.num_features, dh),
-                "z": like.new_zeros(batch, self.num_heads, self.num_features)}
+        return {"s": self.features.new_zeros(batch, self.num_heads, self.num_features, dh),
+                "z": self.features.new_zeros(batch, self.num_heads, self.num_features)}
 
     def step(self, x, state):
         y, s, z = favor_step(*self._phi(x), state["s"], state["z"])
@@ -274,11 +272,12 @@ class PerformerAttention(nn.Module):
 
 
 # ---- blocks and encoder -----------------------------------------------------------------------
-_ATTN_KEYS = ("k", "v", "valid", "s", "z")
-
-
 class Block(nn.Module):
-    """One encoder block: optional time reduction, then the sub-layers in spec.block_order."""
+    """One encoder block: optional time reduction, then the sub-layers in spec.block_order with residuals.
+
+    kind "conformer" has attention, kind "conv" skips it. State (variants.schedule.block_init_state):
+    a dict with stack (time reduction), conv, and k/v/valid (local) or s/z (performer).
+    """
 
     def __init__(self, spec: EncoderSpec, index: int):
         super().__init__()
@@ -295,51 +294,14 @@ class Block(nn.Module):
                 self.mhsa = PerformerAttention(d, spec.num_heads, spec.performer_features, spec.performer_kernel)
         self.norm = LayerNorm(d) if "norm" in spec.block_order else None
 
-    def _run(self, x, state, streaming: bool):
-        new_state = {}
-        if self.stack is not None:
-            if streaming:
-                x, new_state["stack"] = self.stack.step(x, state["stack"])
-            else:
-                x = self.stack(x)
-        if streaming and x.shape[1] == 0:
-            return x, {**state, **new_state}
-        ffn_index = 0
-        for name in self.spec.block_order:
-            if name == "ffn":
-                x = x + 0.5 * self.ffn[ffn_index](x)
-                ffn_index += 1
-            elif name == "conv":
-                if streaming:
-                    y, new_state["conv"] = self.conv.step(x, state["conv"])
-                else:
-                    y = self.conv(x)
-                x = x + y
-            elif name == "mhsa" and self.mhsa is not None:
-                if streaming:
-                    y, attn_state = self.mhsa.step(x, {k: state[k] for k in _ATTN_KEYS if k in state})
-                    new_state.update(attn_state)
-                else:
-                    y = self.mhsa(x)
-                x = x + y
-            elif name == "norm":
-                x = self.norm(x)
-        return x, new_state
-
     def forward(self, x):
-        return self._run(x, None, streaming=False)[0]
+        return schedule.block_forward(self, x)
+
+    def init_state(self, batch):
+        return schedule.block_init_state(self, batch)
 
     def step(self, x, state):
-        return self._run(x, state, streaming=True)
-
-    def init_state(self, batch, like):
-        state = {}
-        if self.stack is not None:
-            state["stack"] = self.stack.init_state(batch, like)
-        state["conv"] = self.conv.init_state(batch, like)
-        if self.mhsa is not None:
-            state.update(self.mhsa.init_state(batch, like))
-        return state
+        return schedule.block_step(self, x, state)
 
 
 class SecondPassBlock(nn.Module):
@@ -363,7 +325,7 @@ class SecondPassBlock(nn.Module):
 
 
 class SecondPass(nn.Module):
-    """Cascade second pass over first-pass outputs, segment by segment."""
+    """Cascade second pass over first-pass outputs, segment by segment (each segment on its own)."""
 
     def __init__(self, sp: SecondPassSpec, input_dim: int):
         super().__init__()
@@ -371,15 +333,8 @@ class SecondPass(nn.Module):
         self.proj = Dense(input_dim, sp.model_dim)
         self.blocks = nn.ModuleList(SecondPassBlock(sp) for _ in range(sp.num_blocks))
 
-    def encode_segment(self, x):
-        x = self.proj(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
     def forward(self, y):
-        s = self.sp.segment_frames
-        return torch.cat([self.encode_segment(y[:, i: i + s]) for i in range(0, y.shape[1], s)], dim=1)
+        return schedule.second_pass_forward(self, y, FRAME_OPS)
 
 
 class Encoder(nn.Module):
@@ -393,117 +348,10 @@ class Encoder(nn.Module):
         self.second_pass = SecondPass(spec.second_pass, spec.model_dim) if spec.second_pass else None
 
     def forward(self, x):
-        x = self.input(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
+        return schedule.encoder_forward(self, x)
 
     def init_state(self, batch):
-        like = self.input.proj.kernel
-        return {"input": self.input.init_state(batch, like),
-                "blocks": tuple(b.init_state(batch, like) for b in self.blocks)}
+        return schedule.encoder_init_state(self, batch)
 
     def step(self, x, state):
-        x, input_state = self.input.step(x, state["input"])
-        block_states = []
-        for block, block_state in zip(self.blocks, state["blocks"]):
-            x, block_state = block.step(x, block_state)
-            block_states.append(block_state)
-        return x, {"input": input_state, "blocks": tuple(block_states)}
-
-
-# ---- numpy-in/numpy-out wrapper ---------------------------------------------------------------
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-class TorchEncoder:
-    """Numpy-in/numpy-out encoder (see variants.build); `module` is the nn.Module."""
-
-    framework = "torch"
-
-    def __init__(self, spec: EncoderSpec, seed: int = 0, dtype: str = "float32", device=None):
-        self.spec, self.dtype = spec, dtype
-        self.device = device if device is not None else torch.device("cpu")
-        self._tdtype = _DTYPES[dtype]
-        self.module = Encoder(spec).eval()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # copied at once
-            for name, p in self.module.named_parameters():
-                p.copy_(torch.from_numpy(init_weight(name, tuple(p.shape), seed)))
-        self.module.to(device=self.device, dtype=self._tdtype)
-
-    def _put(self, x):
-        return torch.from_numpy(np.array(x, np.float32)).to(device=self.device, dtype=self._tdtype)
-
-    @staticmethod
-    def _numpy(y):
-        return y.detach().float().cpu().numpy()
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return self._numpy(self.module(self._put(x)))
-
-    def second_pass_forward(self, y: np.ndarray) -> np.ndarray:
-        if self.module.second_pass is None:
-            raise ValueError("this variant has no second pass (spec.second_pass is None)")
-        with torch.inference_mode():
-            return self._numpy(self.module.second_pass(self._put(y)))
-
-    def init_state(self, batch: int):
-        with torch.inference_mode():
-            return self.module.init_state(batch)
-
-    def step(self, x_chunk: np.ndarray, state):
-        y, state = self.native_step(self._put(x_chunk), state)
-        return self._numpy(y), state
-
-    # harness hooks
-    def native_input(self, batch: int, frames: int):
-        return self._put(np.random.default_rng(0).standard_normal((batch, frames, self.spec.input_dim), np.float32))
-
-    def native_step(self, x, state):
-        with torch.inference_mode():
-            return self.module.step(x, state)
-
-    def sync(self, tree):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elif self.device.type == "xla":  # lazy tensors: materialise the outputs themselves
-            import torch_xla.core.xla_model as xm
-
-            xm.mark_step()
-            xm.wait_device_ops()
-        return tree
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.module.parameters())
-
-    def state_bytes(self, batch: int) -> int:
-        return sum(t.nbytes for t in array_leaves(self.init_state(batch)))
-
-    def weights(self) -> dict[str, np.ndarray]:
-        return {name: p.detach().float().cpu().numpy() for name, p in self.module.named_parameters()}
-
-    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        own = dict(self.module.named_parameters())
-        check_weights({name: tuple(p.shape) for name, p in own.items()}, weights)
-        with torch.no_grad():
-            for name, p in own.items():
-                p.copy_(torch.from_numpy(np.array(weights[name], np.float32)).to(p.dtype))
-
-
-def torch_device(name: str | None) -> torch.device:
-    """"cpu", "gpu" (CUDA) or "tpu" (torch_xla, only if installed); None -> cpu."""
-    if name in (None, "cpu"):
-        return torch.device("cpu")
-    if name == "gpu" and torch.cuda.is_available():
-        return torch.device("cuda")
-    if name == "tpu":
-        try:
-            import torch_xla.core.xla_model as xm
-
-            return xm.xla_device()
-        except ImportError:
-            pass
-    available = ["cpu"] + (["gpu"] if torch.cuda.is_available() else [])
-    raise ValueError(f"device {name!r} is not available to PyTorch; available: {', '.join(available)}")
+        return schedule.encoder_step(self, x, state)

@@ -1,8 +1,8 @@
 """Per-framework adapters behind one small interface; `load(framework)` imports one lazily.
 
-An adapter module has `prepare(spec, *, batch, chunk_frames, dtype, device, native_device, mode,
-seed) -> Session`. The session owns the built encoder, the compiled step and its input chunk, and
-`bench.measure` drives it without importing any framework.
+An adapter module has `prepare(spec, *, batch, chunk_frames, dtype, native_device, mode, seed)
+-> Session`. The session owns the built encoder, the compiled step, its input chunk and the sync
+for its device, and `bench.measure` drives it without importing any framework.
 """
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable, Protocol
 
-from variants.state import array_leaves as leaves  # noqa: F401 (the adapters' tree walker)
-
-MODES = {"jax": ("jit",), "torch": ("eager", "compile")}
-DEFAULT_MODE = {"jax": "jit", "torch": "eager"}
+from bench.schema import DEFAULT_MODE, MODES  # noqa: F401 (re-exported for the adapters)
 
 
 class Session(Protocol):
@@ -47,17 +44,15 @@ def resolve_mode(framework: str, mode: str | None) -> str:
     return mode
 
 
-
-
 _last_built: tuple[tuple, Any] | None = None
 
 
-def build_encoder(spec: Any, framework: str, *, seed: int, dtype: str, device: str) -> Any:
+def build_encoder(spec: Any, framework: str, *, seed: int, dtype: str, device: Any) -> Any:
     """variants.build, reusing the previous encoder when only the batch or mode changes.
 
     The runner measures one model at several batches in a row, and building a full-size model
     (drawing ~100M weights) costs seconds; encoders are not mutated by a session, so one is shared.
-    Only the last one is kept, so memory holds one model per framework at most."""
+    Only the last one is kept, so memory holds one model at most. `device` is the native device."""
     global _last_built
     import variants
 
@@ -68,13 +63,18 @@ def build_encoder(spec: Any, framework: str, *, seed: int, dtype: str, device: s
     return _last_built[1]
 
 
+def random_frames(batch: int, frames: int, dim: int) -> Any:
+    """A fixed float32 numpy input [batch, frames, dim]: the same values in both frameworks and every run."""
+    import numpy as np
+
+    return np.random.default_rng(0).standard_normal((batch, frames, dim), np.float32)
+
+
 def second_pass_segment(encoder: Any, batch: int) -> Callable[[], Any] | None:
     """A callable encoding one cascade second-pass segment (numpy out, so already synchronised),
     or None when the variant has no second pass."""
     sp = encoder.spec.second_pass
     if sp is None:
         return None
-    import numpy as np
-
-    y = np.random.default_rng(0).standard_normal((batch, sp.segment_frames, encoder.spec.model_dim), np.float32)
+    y = random_frames(batch, sp.segment_frames, encoder.spec.model_dim)
     return lambda: encoder.second_pass_forward(y)

@@ -1,8 +1,9 @@
 """JAX adapter: build the encoder, compile the step ahead of time, time it, count it with XLA.
 
-The step is `jax.jit(enc.step_fn, donate_argnums=2)` lowered and compiled before any timing, so
-`compile_s` holds the whole trace + XLA compile and no timed step compiles. The state is donated:
-each step consumes the state the previous one returned, never a buffer already passed.
+The step is `jax.jit(enc.step_fn, donate_argnums=2)` on the encoder's `params` and a device input
+chunk, lowered and compiled before any timing, so `compile_s` holds the whole trace + XLA compile
+and no timed step compiles. The state is donated: each step consumes the state the previous one
+returned, never a buffer already passed.
 """
 
 from __future__ import annotations
@@ -15,20 +16,23 @@ import jax
 import jax.numpy as jnp
 
 from bench import counters, roofline
-from bench.adapters import build_encoder, leaves, second_pass_segment
-from bench.devices import device_name
+from bench.adapters import build_encoder, random_frames, second_pass_segment
+from bench.machine import device_name
+from variants.state import array_leaves, state_nbytes
 
 MAX_PHASES = 16  # distinct state structures (time-reduction buffer counts) we compile for
 
 
 class JaxSession:
-    def __init__(self, spec, *, batch: int, chunk_frames: int, dtype: str, device: str, native_device: Any,
-                 mode: str, seed: int):
+    def __init__(self, spec, *, batch: int, chunk_frames: int, dtype: str, native_device: Any, mode: str,
+                 seed: int, device: str | None = None):
+        # `device` (the kind, "cpu" | "gpu" | "tpu") is accepted from older callers and unused: the
+        # encoder is built on `native_device`.
         self.spec, self.batch, self.mode, self.dtype = spec, batch, mode, dtype
         self.native_device = native_device
         self.device_name = device_name(native_device)
-        self.encoder = enc = build_encoder(spec, "jax", seed=seed, dtype=dtype, device=device)
-        self.x = enc.native_input(batch, chunk_frames)
+        self.encoder = enc = build_encoder(spec, "jax", seed=seed, dtype=dtype, device=native_device)
+        self.x = enc.to_native(random_frames(batch, chunk_frames, spec.input_dim))
         self.params = enc.params
         self._jitted = jax.jit(enc.step_fn, donate_argnums=(2,))
         self._compiled: dict[Any, Any] = {}
@@ -59,7 +63,7 @@ class JaxSession:
 
     # ---- session interface -----------------------------------------------------------------
     def initial_state(self):
-        return jax.device_put(self.encoder.init_state(self.batch), self.native_device)
+        return self.encoder.init_state(self.batch)
 
     def step(self, state):
         if self._single:
@@ -72,12 +76,10 @@ class JaxSession:
 
     @staticmethod
     def all_finite(tree) -> bool:
-        return all(bool(jnp.isfinite(a).all()) for a in leaves(tree)
+        return all(bool(jnp.isfinite(a).all()) for a in array_leaves(tree)
                    if jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact))
 
-    @staticmethod
-    def state_nbytes(state) -> int:
-        return int(sum(a.nbytes for a in leaves(state)))
+    state_nbytes = staticmethod(state_nbytes)
 
     def count_flops(self) -> dict[str, counters.FlopCount]:
         return {"xla": counters.xla_count(self._main)}

@@ -1,6 +1,6 @@
 """PyTorch adapter: eager or torch.compile step, correct sync per backend, FlopCounterMode and fvcore.
 
-"eager" runs `enc.native_step` (inference_mode) as is. "compile" wraps `enc.module.step` in
+"eager" runs the encoder module's `step` under inference_mode as is. "compile" wraps it in
 torch.compile and times its first calls as `compile_s` (Dynamo traces and Inductor compiles on the
 first call; a second call may recompile once the state's guards change), so no timed step compiles.
 """
@@ -12,56 +12,58 @@ import warnings
 from typing import Any, Callable
 
 import torch
-import torch.utils._pytree as pytree
 
 from bench import counters, roofline
-from bench.adapters import build_encoder, leaves, second_pass_segment
-from bench.devices import device_name
+from bench.adapters import build_encoder, random_frames, second_pass_segment
+from bench.machine import device_name
+from variants.state import array_leaves, map_arrays, state_nbytes
 
 COMPILE_CALLS = 2  # calls timed as compile_s in "compile" mode
+
+
+def _inference(step: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def run(x, state):
+        with torch.inference_mode():
+            return step(x, state)
+
+    return run
 
 
 class _StepForTrace(torch.nn.Module):
     """The step as a module of flat tensors, which fvcore's torch.jit tracing needs.
 
-    Non-tensor leaves of the state (e.g. a buffer's frame count) are closed over as constants."""
+    Non-tensor leaves of the state (e.g. a buffer's frame count) stay in the template as constants."""
 
     def __init__(self, module: torch.nn.Module, state: Any):
         super().__init__()
         self.module = module
-        flat, self._spec = pytree.tree_flatten(state)
-        self._is_tensor = [isinstance(v, torch.Tensor) for v in flat]
-        self._constants = [None if t else v for v, t in zip(flat, self._is_tensor)]
-        self.inputs = tuple(v for v in flat if isinstance(v, torch.Tensor))
+        self._template = state
+        self.inputs = tuple(array_leaves(state))
 
     def forward(self, x, *tensors):
         it = iter(tensors)
-        flat = [next(it) if t else c for t, c in zip(self._is_tensor, self._constants)]
-        y, new_state = self.module.step(x, pytree.tree_unflatten(flat, self._spec))
-        return (y, *leaves(new_state))
+        y, new_state = self.module.step(x, map_arrays(lambda _: next(it), self._template))
+        return (y, *array_leaves(new_state))
 
 
 class TorchSession:
-    def __init__(self, spec, *, batch: int, chunk_frames: int, dtype: str, device: str, native_device: Any,
-                 mode: str, seed: int):
+    def __init__(self, spec, *, batch: int, chunk_frames: int, dtype: str, native_device: Any, mode: str,
+                 seed: int, device: str | None = None):
+        # `device` (the kind, "cpu" | "gpu" | "tpu") is accepted from older callers and unused: the
+        # encoder is built on `native_device`.
         self.spec, self.batch, self.mode, self.dtype = spec, batch, mode, dtype
         self.native_device = native_device
         self.device_name = device_name(native_device)
-        self.encoder = enc = build_encoder(spec, "torch", seed=seed, dtype=dtype, device=device)
-        self.x = enc.native_input(batch, chunk_frames)
+        self.encoder = enc = build_encoder(spec, "torch", seed=seed, dtype=dtype, device=native_device)
+        self.x = enc.to_native(random_frames(batch, chunk_frames, spec.input_dim))
         self.compile_s = None
+        self._eager = _inference(enc.module.step)
         if mode == "eager":
-            self._run = enc.native_step
+            self._run = self._eager
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # inductor's imports use torch.jit
-                compiled = torch.compile(enc.module.step)
-
-            def run(x, state):
-                with torch.inference_mode():
-                    return compiled(x, state)
-
-            self._run = run
+                self._run = run = _inference(torch.compile(enc.module.step))
             state = self.initial_state()
             t0 = time.perf_counter()
             with warnings.catch_warnings():
@@ -91,24 +93,20 @@ class TorchSession:
 
     @staticmethod
     def all_finite(tree) -> bool:
-        return all(bool(torch.isfinite(t).all()) for t in leaves(tree)
+        return all(bool(torch.isfinite(t).all()) for t in array_leaves(tree)
                    if isinstance(t, torch.Tensor) and t.is_floating_point())
 
-    @staticmethod
-    def state_nbytes(state) -> int:
-        return int(sum(t.nbytes for t in leaves(state) if isinstance(t, torch.Tensor)))
+    state_nbytes = staticmethod(state_nbytes)
 
     def count_flops(self) -> dict[str, counters.FlopCount]:
-        module = self.encoder.module
-        with torch.inference_mode():
-            state = self.initial_state()
+        """FlopCounterMode on the eager step (a compiled one hides its ops) and fvcore on a trace of it."""
         out = {"flop_counter_mode": counters.flop_counter_mode_count(
-            lambda: self.encoder.native_step(self.x, self.initial_state()))}
+            lambda: self._eager(self.x, self.initial_state()))}
         # jit tracing wants ordinary tensors, not inference-mode ones
         with torch.no_grad():
             x = self.x.clone()
-            state = pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, state)
-            wrapper = _StepForTrace(module, state)
+            state = map_arrays(torch.Tensor.clone, self.initial_state())
+            wrapper = _StepForTrace(self.encoder.module, state)
             out["fvcore"] = counters.fvcore_count(wrapper, (x, *wrapper.inputs))
         return out
 

@@ -6,8 +6,9 @@ and track it over time with pytest-benchmark's own tools, e.g.
     pytest tests/benchmarks --benchmark-only --benchmark-autosave
     pytest tests/benchmarks --benchmark-only --benchmark-compare --benchmark-compare-fail=median:10%
 Each benchmark's extra_info carries the analytic params, FLOPs and state bytes of the step, so a saved
-JSON says what was timed. The step is the compiled one (`enc.native_step`) on device arrays, with the
-state threaded from step to step as in streaming (JAX donates it: a state is never passed twice).
+JSON says what was timed. The step is the one `bench run` times: a bench.adapters session's (JAX's
+compiled ahead of time, PyTorch's eager) on its device input chunk, with the state threaded from step
+to step as in streaming (JAX donates it: a state is never passed twice).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from pathlib import Path
 import pytest
 
 import variants
+from bench import adapters, schema
 from bench.config import load_config
+from bench.machine import resolve_device
 from variants import analytic
 
 CONFIG = load_config(Path(__file__).resolve().parents[2] / "bench.toml")
 CHUNK_FRAMES = CONFIG.run.chunk_frames
 DTYPE = CONFIG.run.dtype
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2}[DTYPE]
+DTYPE_BYTES = schema.DTYPE_BYTES[DTYPE]
 BATCH = 1  # the device case: one stream
 WARMUP_STEPS = 3  # compile (JAX jit) and first-touch costs stay out of the timing
 
@@ -42,13 +45,14 @@ def test_step(benchmark, name: str, framework: str) -> None:
         state_bytes_per_stream=analytic.state_bytes(spec, 1, DTYPE_BYTES),
     )
 
-    enc = variants.build(name, framework=framework, dtype=DTYPE, device=CONFIG.run.device)
-    x = enc.native_input(BATCH, CHUNK_FRAMES)
-    carry = {"state": enc.init_state(BATCH)}
+    session = adapters.load(framework).prepare(
+        spec, batch=BATCH, chunk_frames=CHUNK_FRAMES, dtype=DTYPE,
+        native_device=resolve_device(framework, CONFIG.run.device), mode=adapters.DEFAULT_MODE[framework], seed=0)
+    carry = {"state": session.initial_state()}
 
     def step() -> None:
-        y, carry["state"] = enc.native_step(x, carry["state"])
-        enc.sync((y, carry["state"]))
+        y, carry["state"] = session.step(carry["state"])
+        session.sync((y, carry["state"]))
 
     for _ in range(WARMUP_STEPS):
         step()
