@@ -51,7 +51,7 @@ def test_register_adds_a_variant_and_warns_on_duplicate(monkeypatch):
 def test_resolve_spec_takes_a_name_or_a_spec_and_names_an_unknown_one():
     spec = variants.get("practical").spec
     assert variants.resolve_spec("practical") == spec
-    custom = spec.replace(num_blocks=2)
+    custom = spec.replace(left_context=7)
     assert variants.resolve_spec(custom) is custom
     with pytest.raises(ValueError, match="unknown variant 'nope'; valid variants: baseline"):
         variants.resolve_spec("nope")
