@@ -6,12 +6,11 @@ Every other module imports these names from here; none keeps its own list.
 from __future__ import annotations
 
 from bench.roofline import NAMED_DEVICES
+from variants.build import DTYPE_BYTES, FRAMEWORKS  # what the models can be built in is the models' fact
 
-FRAMEWORKS = ("jax", "torch")
 MODES = {"jax": ("jit",), "torch": ("eager", "compile")}  # how a framework runs the step
 DEFAULT_MODE = {"jax": "jit", "torch": "eager"}
 DEVICES = ("cpu", "gpu", "tpu")
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 DTYPES = tuple(DTYPE_BYTES)
 
 BASELINE = "baseline"  # speedups divide by this variant, measured in the same run and setting

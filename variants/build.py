@@ -10,8 +10,8 @@ from variants.spec import EncoderSpec
 if TYPE_CHECKING:  # the encoders import numpy and a framework; `import variants` stays light
     from variants.encoder import NumpyEncoder
 
-FRAMEWORKS = ("jax", "torch")  # what `build` can build in
-DTYPES = ("float32", "bfloat16")  # what parameters, activations and state can be held in
+FRAMEWORKS = ("jax", "torch")  # what `build` can build in (bench.schema reads this list)
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}  # what parameters, activations and state can be held in
 
 
 def build(name_or_spec: "str | EncoderSpec", framework: str = "jax", seed: int = 0, dtype: str = "float32",
@@ -24,8 +24,8 @@ def build(name_or_spec: "str | EncoderSpec", framework: str = "jax", seed: int =
     spec = resolve_spec(name_or_spec)
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework={framework!r} is not one of {FRAMEWORKS}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not one of {DTYPES}")
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype={dtype!r} is not one of {tuple(DTYPE_BYTES)}")
     if isinstance(device, str):
         raise TypeError(f"device={device!r}: pass a native device (jax.Device or torch.device) or None, not a name")
     if framework == "jax":

@@ -25,7 +25,7 @@ MAX_PHASES = 16  # distinct state structures (time-reduction buffer counts) we c
 
 class JaxSession:
     def __init__(self, spec, *, batch: int, chunk_frames: int, dtype: str, native_device: Any, mode: str,
-                 seed: int, device: str | None = None):
+                 seed: int):
         # `device` (the kind, "cpu" | "gpu" | "tpu") is accepted from older callers and unused: the
         # encoder is built on `native_device`.
         self.spec, self.batch, self.mode, self.dtype = spec, batch, mode, dtype
