@@ -20,6 +20,10 @@ EXIT_FAILED = 1  # the run finished but some measurement (or budget) failed
 EXIT_USAGE = 2  # bad flags, a malformed bench.toml, a device that is not here, a folder that cannot be written
 
 
+PLUGIN_HELP = ("A module name or .py file that registers variants with @variants.register; repeatable. "
+               "[default: bench.toml run.plugins]")
+
+
 class UsageProblem(Exception):
     """Bad input found by a verb itself; str() is the one line shown to the user."""
 
@@ -66,9 +70,11 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is a complete one-line answer to bad input (imported only when one is raised)."""
     from bench.machine import DeviceUnavailableError
     from bench.results import ResultsError
-    from variants import UnknownVariantError
+    from bench.ab import RevisionError
+    from variants import PluginError, UnknownVariantError
 
-    return UsageProblem, ConfigError, FlagError, ResultsError, DeviceUnavailableError, UnknownVariantError
+    return (UsageProblem, ConfigError, FlagError, ResultsError, DeviceUnavailableError, UnknownVariantError,
+            PluginError, RevisionError)
 
 
 @contextlib.contextmanager
@@ -96,6 +102,7 @@ def _fail(message: str, code: int = EXIT_USAGE) -> None:
 @app.command("list")
 def list_variants(
     pattern: Annotated[str, typer.Argument(help="Which variants: all, NAME[,NAME] or a glob such as 'perf*'.")] = "all",
+    plugin: Annotated[Optional[list[str]], typer.Option("--plugin", help=PLUGIN_HELP)] = None,
 ) -> None:
     """List the registered variants in ladder order: name, parameters, description.
 
@@ -103,11 +110,15 @@ def list_variants(
     Examples:
       bench list
       bench list 'practical*'
+      bench list --plugin my_variants.py
     """
     with _user_errors():
         import variants
 
+        from bench.config import plugin_refs
         from variants import analytic
+
+        variants.load_plugins((*load_config(None).run.plugins, *plugin_refs(tuple(plugin or ()))))
 
         selected = variants.select(pattern)
         width = max(len(n) for n in selected)
@@ -131,12 +142,15 @@ def run_cmd(
     quick: Annotated[bool, typer.Option("--quick", help="Few repetitions (bench.toml [measure.quick]): smoke runs and CI.")] = False,
     machine_tag: Annotated[Optional[str], typer.Option("--machine-tag", envvar="BENCH_MACHINE_TAG", help="Name of this machine; absolute latency budgets apply only to runs with their tag.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
+    plugin: Annotated[Optional[list[str]], typer.Option("--plugin", help=PLUGIN_HELP)] = None,
 ) -> None:
     """Measure variants x frameworks x batches on one device and write a run folder.
 
-    Every record is on disk as soon as it is measured (results.json, results.csv, table.md,
-    raw_times.json), so an interrupted run keeps what it measured. A failed measurement is recorded
-    with its error, the run goes on, and the exit status is 1.
+    Each variant is measured in its own worker process; the variants compared with one another are
+    timed in interleaved rounds, and every speedup carries a 95% interval. Records are on disk as soon
+    as their group is measured (results.json, results.csv, table.md, raw_times.json), so an interrupted
+    run keeps what it measured. A measurement that fails, crashes its worker or hangs past the timeout
+    is recorded with its cause, the run goes on, and the exit status is 1.
 
     \b
     Examples:
@@ -151,7 +165,7 @@ def run_cmd(
     with _user_errors():
         cfg = load_config(config)
         run = apply_flags(cfg, variant=variant, framework=framework, batch=batch, chunk=chunk, torch_mode=torch_modes,
-                          dtype=dtype, device=device, out=out, machine_tag=machine_tag)
+                          dtype=dtype, device=device, out=out, machine_tag=machine_tag, plugins=tuple(plugin or ()))
         machine.check_available(run.device, run.frameworks)
         out_dir = Path(run.out_dir)
         if (out_dir / results.RESULTS_JSON).exists():
@@ -167,6 +181,8 @@ def run_cmd(
         _fail(f"interrupted; {len(writer.records)} records kept in {out_dir}", code=130)
     typer.echo((out_dir / results.TABLE_MD).read_text(encoding="utf-8"))
     typer.echo(f"{len(summary.records)} records in {out_dir} ({summary.elapsed_s:.0f} s)")
+    if noise := summary.noise_line():
+        typer.echo(noise)
     if summary.failed:
         _fail(summary.failure_line(), code=EXIT_FAILED)
 

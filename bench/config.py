@@ -41,10 +41,13 @@ class FlagError(ValueError):
 class MeasureSettings:
     """How long each measurement runs: bench.toml's [measure] table, or [measure.quick] for `--quick`."""
 
-    warmup_iterations: int
-    min_iterations: int
-    min_time_s: float
-    max_time_s: float  # stop timing a very slow step (big batch on a small CPU) after this long
+    warmup_iterations: int  # untimed steps once a session is built, before its first round
+    rounds: int  # interleaved rounds at least: each times every compared variant for one burst
+    steps_per_round: int  # timed steps in one burst
+    round_warmup: int  # untimed steps at the start of each burst (caches refill after the others ran)
+    min_time_s: float  # add rounds until every variant has this much timed step time...
+    max_time_s: float  # ...unless the group's rounds have already taken this long
+    timeout_s: float  # a worker that does not answer one request (build, compile, a burst) within this fails
     counters: bool  # cross-check FLOPs with XLA / FlopCounterMode / fvcore (seconds per full-size model)
     second_pass: bool  # time the cascade's second pass too
     roofline: bool  # measure this machine's peak FLOP/s and bandwidth (once per process)
@@ -64,9 +67,31 @@ class RunConfig:
     jax_modes: tuple[str, ...] = MODES["jax"]
     out_dir: str  # a run writes <out_dir>/<UTC time>-<device>/, or exactly the folder `--out` names
     machine_tag: str | None = None  # names this machine for absolute latency budgets; None: they are skipped
+    plugins: tuple[str, ...] = ()  # modules or .py files that register more variants (workers import them too)
 
     def modes(self, framework: str) -> tuple[str, ...]:
         return self.torch_modes if framework == "torch" else self.jax_modes
+
+
+@dataclass(frozen=True)
+class AcceptedSlowdown:
+    """A slowdown a change declares on purpose ([[ab.accept]]): `bench ab` reports it as accepted, not as a pass."""
+
+    variant: str
+    reason: str
+    framework: str | None = None  # None: every framework
+    batch: int | None = None  # None: every batch
+
+    def covers(self, variant: str, framework: str, batch: int) -> bool:
+        return self.variant == variant and self.framework in (None, framework) and self.batch in (None, batch)
+
+
+@dataclass(frozen=True)
+class AbSettings:
+    """`bench ab`'s gate: a row fails when slower by more than `threshold` and its interval excludes no change."""
+
+    threshold: float
+    accept: tuple[AcceptedSlowdown, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +99,7 @@ class Config:
     run: RunConfig
     measure: MeasureSettings
     quick: MeasureSettings
+    ab: AbSettings
     path: Path | None = None
 
     def measure_for(self, quick: bool) -> MeasureSettings:
@@ -271,9 +297,12 @@ def _measure(reader: TableReader, base: MeasureSettings | None,
 
     return MeasureSettings(
         warmup_iterations=reader.non_negative_int("warmup_iterations", default("warmup_iterations")),
-        min_iterations=reader.positive_int("min_iterations", default("min_iterations")),
+        rounds=reader.positive_int("rounds", default("rounds")),
+        steps_per_round=reader.positive_int("steps_per_round", default("steps_per_round")),
+        round_warmup=reader.non_negative_int("round_warmup", default("round_warmup")),
         min_time_s=reader.number("min_time_s", default("min_time_s"), strict=False),
         max_time_s=reader.number("max_time_s", default("max_time_s")),
+        timeout_s=reader.number("timeout_s", default("timeout_s")),
         counters=reader.boolean("counters", default("counters")),
         second_pass=reader.boolean("second_pass", default("second_pass")),
         roofline=reader.boolean("roofline", default("roofline")),
@@ -284,7 +313,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None, text: str = "",
     """Build a Config from parsed TOML; keys it leaves out come from `base` (None: every [run] and
     [measure] key is required). Unknown tables are left to their owners (e.g. [budgets])."""
     root = TableReader(path, text, data, ())
-    root.reject_unknown({"run", "measure", "budgets"})
+    root.reject_unknown({"run", "measure", "budgets", "ab"})
 
     def default(name: str) -> Any:
         return REQUIRED if base is None else getattr(base.run, name)
@@ -309,12 +338,45 @@ def parse_config(data: dict[str, Any], path: Path | None = None, text: str = "",
         jax_modes=run.strings("jax_modes", MODES["jax"] if base is None else base.run.jax_modes, MODES["jax"]),
         out_dir=run.string("out_dir", default("out_dir")),
         machine_tag=run.string("machine_tag", None if base is None else base.run.machine_tag) or None,
+        plugins=_plugins(run, () if base is None else base.run.plugins),
     )
 
     measure_reader = root.sub("measure")
     measure = _measure(measure_reader, base.measure if base else None, allow=frozenset({"quick"}))
     quick = _measure(measure_reader.sub("quick"), base.quick if base else None)
-    return Config(run=run_config, measure=measure, quick=quick, path=path)
+    ab = _ab(root.sub("ab"), base.ab if base else None)
+    return Config(run=run_config, measure=measure, quick=quick, ab=ab, path=path)
+
+
+def _plugins(run: TableReader, default: tuple[str, ...]) -> tuple[str, ...]:
+    """[run] plugins: module names or .py paths; a relative path is read from the config file's folder."""
+    if "plugins" not in run.table:
+        return default
+    value = run.table["plugins"]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise run.error("plugins", f"expected a list of module names or .py paths, got {value!r}")
+    folder = run.path.parent if run.path is not None else Path.cwd()
+    return tuple(str((folder / v).resolve()) if v.endswith(".py") else v for v in value)
+
+
+def _ab(reader: TableReader, base: AbSettings | None) -> AbSettings:
+    """[ab]: the gate's threshold and the [[ab.accept]] list of declared slowdowns."""
+    reader.reject_unknown({"threshold", "accept"})
+    threshold = reader.number("threshold", REQUIRED if base is None else base.threshold)
+    entries = reader.table.get("accept", [])
+    if not isinstance(entries, list):
+        raise reader.error("accept", "expected [[ab.accept]] tables")
+    accept = []
+    for index, entry in enumerate(entries):
+        item = TableReader(reader.path, reader.text, entry, reader.prefix + ("accept", index))
+        item.reject_unknown({"variant", "reason", "framework", "batch"})
+        variant, reason = item.string("variant", None), item.string("reason", None)
+        if not variant or not reason:
+            raise item.error(None, "an accepted slowdown needs a variant and a reason")
+        framework = item.string("framework", None, FRAMEWORKS)
+        batch = item.positive_int("batch", None) if "batch" in item.table else None
+        accept.append(AcceptedSlowdown(variant, reason, framework, batch))
+    return AbSettings(threshold=threshold, accept=tuple(accept) if entries or base is None else base.accept)
 
 
 def _read_config(path: Path, base: Config | None) -> Config:
@@ -391,7 +453,7 @@ def _default_out(base: str, device: str) -> Path:
 def apply_flags(config: Config, *, variant: str | None = None, framework: str | None = None,
                 batch: str | None = None, chunk: int | None = None, torch_mode: str | None = None,
                 dtype: str | None = None, device: str | None = None, out: Path | None = None,
-                machine_tag: str | None = None) -> RunConfig:
+                machine_tag: str | None = None, plugins: tuple[str, ...] = ()) -> RunConfig:
     """The run `bench run` makes: `config.run` with each flag given (None: not given) in its place.
 
     The variant selection is resolved to names, `out_dir` to the run folder itself (a fresh
@@ -400,6 +462,8 @@ def apply_flags(config: Config, *, variant: str | None = None, framework: str | 
     import variants
 
     run = config.run
+    plugins = tuple(dict.fromkeys((*run.plugins, *plugin_refs(plugins))))
+    variants.load_plugins(plugins)  # the selection may name a plugin's variants
     names = variants.select(variant if variant is not None else run.variants)
     frameworks = _parse_frameworks(framework) if framework is not None else run.frameworks
     batches = _parse_batches(batch) if batch is not None else run.batches
@@ -419,4 +483,9 @@ def apply_flags(config: Config, *, variant: str | None = None, framework: str | 
         run, variants=",".join(names), frameworks=frameworks, batches=batches, chunk_frames=chunk_frames,
         torch_modes=torch_modes, dtype=dtype or run.dtype, device=device,
         out_dir=str(out if out is not None else _default_out(run.out_dir, device)),
-        machine_tag=machine_tag or run.machine_tag)
+        machine_tag=machine_tag or run.machine_tag, plugins=plugins)
+
+
+def plugin_refs(refs: tuple[str, ...]) -> tuple[str, ...]:
+    """--plugin values as workers can import them from any folder: a .py path made absolute."""
+    return tuple(str(Path(r).resolve()) if r.endswith(".py") or Path(r).is_file() else r for r in refs)

@@ -156,6 +156,19 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_clock_mhz() -> float | None:
+    """The mean current clock of the usable cores (cpufreq), or None where the kernel does not expose it
+    (most VMs): a change during a run explains wide intervals."""
+    clocks = []
+    for cpu in os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else ():
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq") as f:
+                clocks.append(int(f.read()) / 1e3)
+        except (OSError, ValueError):
+            return None
+    return sum(clocks) / len(clocks) if clocks else None
+
+
 def framework_threads(framework: str | None) -> int:
     """Threads `framework` computes with: torch.get_num_threads() for PyTorch; for JAX the XLA CPU
     client sizes its pool to the usable cores (XLA_FLAGS kept), so the affinity count."""

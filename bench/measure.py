@@ -1,6 +1,8 @@
 """One measurement: a (variant, framework, device, batch, chunk) in, one plain record out.
 
-`measure()` is the only entry point. It fills the analytic columns from the spec (the ground
+`prepare()` builds a session and fills every column but the latencies; its `time_burst` times
+steps; `finish()` turns the step times of every round into the latency columns. A worker process
+runs the first two and the runner the last; `measure()` chains them in one process. Together they fill the analytic columns from the spec (the ground
 truth), builds and compiles the step through the framework's adapter (imported only here, lazily),
 cross-checks the FLOP counters, times synchronised steps with the state threaded through, and
 derives real-time factor, throughput and the roofline. Anything that goes wrong after the
@@ -17,13 +19,17 @@ batch x audio seconds per step / p50.
 
 from __future__ import annotations
 
+import math
+import os
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 from bench import roofline, stats, timing
 from bench.config import MeasureSettings, load_config
 from bench.machine import DeviceUnavailableError, machine_info, resolve_device
 from bench.schema import DTYPE_BYTES, EXTRA_KEYS, RAW_STEP_KEY, RECORD_KEYS
+from bench.worker import WORKER_ENV
 
 BUSY_LOAD_PER_CORE = 1.5  # 1-min load average per usable core above which a record says the machine was busy
 
@@ -79,21 +85,45 @@ def analytic_columns(spec, batch: int, chunk_frames: int, dtype: str) -> dict[st
     }
 
 
-def measure(variant, framework: str, device: str, batch: int, chunk_frames: int, *, dtype: str = "float32",
-            mode: str | None = None, settings: MeasureSettings | None = None, seed: int = 0) -> dict[str, Any]:
-    """Measure one streaming step of `variant` (a registered name or an EncoderSpec) and return a record.
+PEAK_KEYS = ("peak_flops_per_s", "peak_bytes_per_s", "peaks_source")  # a device's peaks, measured once per run
+
+
+@dataclass
+class Prepared:
+    """A built, compiled, checked session and the record of everything but its step times.
+
+    `time_burst` times a few more steps with the state threaded on from the last burst, as a stream
+    would see them; the worker process that owns this answers the runner's rounds with it."""
+
+    record: dict[str, Any]
+    session: Any = None  # None when preparing failed (the record says why)
+    state: Any = None
+
+    def time_burst(self, steps: int, warmup: int = 0) -> list[float]:
+        result = timing.time_steps(self.session.step, self.state, self.session.sync, warmup=warmup,
+                                   min_iterations=steps, min_time_s=0.0, max_time_s=math.inf)
+        if not self.session.all_finite((result.outputs, result.state)):
+            raise FloatingPointError("the step produced NaN/Inf (outputs or state) while being timed")
+        self.state = result.state
+        return list(result.step_s)
+
+
+def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int, *, dtype: str = "float32",
+            mode: str | None = None, settings: MeasureSettings | Mapping[str, Any] | None = None, seed: int = 0,
+            known_peaks: Mapping[str, Any] | None = None) -> Prepared:
+    """Build and compile one streaming step of `variant` (a registered name or an EncoderSpec), check
+    it, count its FLOPs, warm it up and time the cascade's second pass; the record has status
+    "prepared", or "failed" with the error.
 
     Invalid arguments (unknown variant, framework, mode or dtype; batch or chunk < 1) raise
     ValueError before anything runs; a device that is not there raises DeviceUnavailableError.
-    Everything else that goes wrong (build, compile, a counter, NaN/Inf outputs) is reported in a
-    record with status "failed" and `error`. `speedup_vs_baseline` is left None: it needs the
-    baseline measured in the same run, which the runner has. Raw per-step seconds are under
-    RAW_STEP_KEY."""
+    `known_peaks` (PEAK_KEYS columns of an earlier record on the same device and dtype) saves
+    measuring the machine's peaks again."""
     import variants
     from bench import adapters
 
     t_start = time.perf_counter()
-    settings = settings or load_config().measure
+    settings = _settings(settings)
     spec = variants.resolve_spec(variant)
     mode = adapters.resolve_mode(framework, mode)
     if dtype not in DTYPE_BYTES:
@@ -102,13 +132,16 @@ def measure(variant, framework: str, device: str, batch: int, chunk_frames: int,
         raise ValueError(f"batch={batch} and chunk_frames={chunk_frames} must be >= 1")
 
     record = empty_record()
+    del record[RAW_STEP_KEY]
     record.update(variant=variant if isinstance(variant, str) else _variant_name(spec), framework=framework,
                   mode=mode, device=device, dtype=dtype, batch=batch, chunk_frames=chunk_frames,
                   warmup_iterations=settings.warmup_iterations)
     native = resolve_device(framework, device)  # DeviceUnavailableError propagates
     notes: list[str] = []
+    prepared = Prepared(record)
     try:
         record.update(machine_info(framework))
+        record["worker"] = os.environ.get(WORKER_ENV)
         if (record["load_avg_1m"] or 0) > BUSY_LOAD_PER_CORE * record["usable_cores"]:
             notes.append(f"busy machine: load average {record['load_avg_1m']:.1f} on {record['usable_cores']} cores "
                          "before measuring; step times include waiting for other jobs")
@@ -137,46 +170,92 @@ def measure(variant, framework: str, device: str, batch: int, chunk_frames: int,
         if settings.counters:
             _count(session, record)
 
-        result = timing.time_steps(session.step, state, session.sync, warmup=settings.warmup_iterations,
-                                   min_iterations=settings.min_iterations, min_time_s=settings.min_time_s,
-                                   max_time_s=settings.max_time_s)
-        if not session.all_finite((result.outputs, result.state)):
-            raise FloatingPointError(f"the step produced NaN/Inf (outputs or state) within "
-                                     f"{settings.warmup_iterations + len(result.step_s) + 1} steps")
-        record[RAW_STEP_KEY] = list(result.step_s)
-        record["timing_capped"] = result.capped
-        if result.capped:
-            notes.append(f"timing stopped at max_time_s={settings.max_time_s} after {len(result.step_s)} steps")
-        summary = stats.latency_stats(result.step_s)
-        record.update({k: v for k, v in summary.to_dict().items() if k not in ("noisy", "iqr_over_median")})
-        record.update(latency_iqr_over_median=summary.iqr_over_median, latency_noisy=summary.noisy)
-        if summary.warning:
-            notes.append(summary.warning)
-
-        latency_s = summary.latency_ms_p50 / 1e3
-        record["rtf"] = latency_s / record["audio_s_per_step"]
-        record["audio_s_per_s"] = batch * record["audio_s_per_step"] / latency_s
-
         if settings.roofline:
-            peaks = session.peaks()
-            bound_s = roofline.roofline_bound_s(record["flops_per_step"], record["bytes_per_step"], peaks)
-            record.update(peak_flops_per_s=peaks.flops_per_s, peak_bytes_per_s=peaks.bytes_per_s,
-                          peaks_source=peaks.source, roofline_bound_ms=bound_s * 1e3,
-                          roofline_fraction=roofline.roofline_fraction(bound_s, latency_s))
+            if known_peaks:
+                record.update({k: known_peaks[k] for k in PEAK_KEYS})
+            else:
+                peaks = session.peaks()
+                record.update(peak_flops_per_s=peaks.flops_per_s, peak_bytes_per_s=peaks.bytes_per_s,
+                              peaks_source=peaks.source)
 
         if settings.second_pass and (segment := session.second_pass_step()) is not None:
             sp = timing.time_steps(lambda s: (segment(), s), None, lambda tree: None, warmup=1,
                                    min_iterations=5, min_time_s=0.2, max_time_s=max(1.0, settings.max_time_s / 4))
             record["second_pass_latency_ms_p50"] = stats.latency_stats(sp.step_s).latency_ms_p50
-        record["status"] = "ok"
+
+        for _ in range(settings.warmup_iterations):
+            outputs, state = session.step(state)
+            session.sync((outputs, state))
+        prepared.session, prepared.state = session, state
+        record["status"] = "prepared"
     except DeviceUnavailableError:
         raise
     except Exception as e:  # noqa: BLE001 - a failed measurement is data
+        prepared.session = prepared.state = None
         record["status"] = "failed"
         record["error"] = one_line_error(e)
     record["warnings"] = "; ".join(notes) or None
     record["measure_wall_s"] = time.perf_counter() - t_start
+    return prepared
+
+
+def finish(record: Mapping[str, Any], rounds: Sequence[Sequence[float]], settings: MeasureSettings) -> dict[str, Any]:
+    """The final record of a prepared measurement from its step times, one list per round (seconds):
+    latency percentiles over every step, a 95% interval of the p50 over rounds, real-time factor,
+    throughput and the roofline fraction. Pure: no framework, nothing timed."""
+    record = dict(record)
+    notes = [record["warnings"]] if record.get("warnings") else []
+    steps = [t for burst in rounds for t in burst]
+    if not steps:
+        return {**record, "status": "failed", "error": record.get("error") or "no step was timed"}
+    summary = stats.latency_stats(steps)
+    record.update({k: v for k, v in summary.to_dict().items() if k not in ("noisy", "iqr_over_median")})
+    record.update(latency_iqr_over_median=summary.iqr_over_median, latency_noisy=summary.noisy,
+                  rounds=len(rounds), steps_per_round=settings.steps_per_round)
+    if summary.warning:
+        notes.append(summary.warning)
+    p50 = stats.median_interval(rounds)
+    if p50.low is not None:
+        record.update(latency_ms_p50_ci_low=p50.low * 1e3, latency_ms_p50_ci_high=p50.high * 1e3)
+    latency_s = summary.latency_ms_p50 / 1e3
+    record["rtf"] = latency_s / record["audio_s_per_step"]
+    record["audio_s_per_s"] = record["batch"] * record["audio_s_per_step"] / latency_s
+    if record.get("peak_flops_per_s") and record.get("peak_bytes_per_s"):
+        peaks = roofline.Peaks(flops_per_s=record["peak_flops_per_s"], bytes_per_s=record["peak_bytes_per_s"],
+                               source=record.get("peaks_source") or "")
+        bound_s = roofline.roofline_bound_s(record["flops_per_step"], record["bytes_per_step"], peaks)
+        record.update(roofline_bound_ms=bound_s * 1e3, roofline_fraction=roofline.roofline_fraction(bound_s, latency_s))
+    record["warnings"] = "; ".join(notes) or None
+    if record.get("status") == "prepared":
+        record["status"] = "ok"
     return record
+
+
+def measure(variant, framework: str, device: str, batch: int, chunk_frames: int, *, dtype: str = "float32",
+            mode: str | None = None, settings: MeasureSettings | None = None, seed: int = 0) -> dict[str, Any]:
+    """prepare, `settings.rounds` bursts and finish in this process: one complete record, with its raw
+    per-step seconds under RAW_STEP_KEY. `bench run` spreads the same steps over worker processes and
+    interleaved rounds instead; this is for tests and for timing one variant from Python."""
+    settings = _settings(settings)
+    prepared = prepare(variant, framework, device, batch, chunk_frames, dtype=dtype, mode=mode, settings=settings,
+                       seed=seed)
+    if prepared.session is None:
+        return prepared.record | {RAW_STEP_KEY: []}
+    rounds: list[list[float]] = []
+    try:
+        for _ in range(settings.rounds):
+            rounds.append(prepared.time_burst(settings.steps_per_round, settings.round_warmup))
+    except Exception as e:  # noqa: BLE001 - a failed measurement is data
+        return prepared.record | {"status": "failed", "error": one_line_error(e), RAW_STEP_KEY: []}
+    record = finish(prepared.record, rounds, settings)
+    record[RAW_STEP_KEY] = [t for burst in rounds for t in burst]
+    return record
+
+
+def _settings(settings: MeasureSettings | Mapping[str, Any] | None) -> MeasureSettings:
+    if settings is None:
+        return load_config().measure
+    return settings if isinstance(settings, MeasureSettings) else MeasureSettings(**settings)
 
 
 def _count(session, record: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 TABLE_MD = "table.md"
 RAW_TIMES_JSON = "raw_times.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: raw_times.json holds one list per interleaved round
 
 
 class ResultsError(ValueError):
@@ -64,14 +64,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Plain JSON: NaN/inf become null (strict JSON has no NaN), numpy scalars become Python ones."""
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalar or array
-        return _json_safe(value.tolist())
+        return json_safe(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Path):
@@ -80,7 +80,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _dumps(data: Any) -> str:
-    return json.dumps(_json_safe(data), indent=1, allow_nan=False) + "\n"
+    return json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n"
 
 
 # ---- writing a run ------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ class RunWriter:
         self.dir = Path(out_dir)
         self.meta: dict[str, Any] = dict(meta)
         self.records: list[dict[str, Any]] = []
-        self.raw_times: dict[str, list[float]] = {}
+        self.raw_times: dict[str, list[list[float]]] = {}
         self.table_md = table_md
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -104,10 +104,11 @@ class RunWriter:
         except OSError as e:
             raise ResultsError(f"{self.dir}: cannot write a run folder here ({e.strerror or e})") from None
 
-    def add(self, record: Mapping[str, Any], step_times_s: Sequence[float] | None = None) -> None:
+    def add(self, record: Mapping[str, Any], rounds: Sequence[Sequence[float]] | None = None) -> None:
+        """Store a record and its step times in seconds, one list per interleaved round."""
         self.records.append(dict(record))
-        if step_times_s is not None:
-            self.raw_times[raw_key(record)] = [float(t) for t in step_times_s]
+        if rounds is not None:
+            self.raw_times[raw_key(record)] = [[float(t) for t in burst] for burst in rounds]
         self.flush()
 
     def finish(self, status: str = "complete", **meta: Any) -> None:
@@ -121,7 +122,7 @@ class RunWriter:
     def flush(self) -> None:
         df = frame(self.records)
         # raw times first: results.json is what marks a record as present
-        atomic_write_text(self.dir / RAW_TIMES_JSON, _dumps({"unit": "s", "key": list(ROW_KEY), "times": self.raw_times}))
+        atomic_write_text(self.dir / RAW_TIMES_JSON, _dumps({"unit": "s", "key": list(ROW_KEY), "layout": "rounds", "times": self.raw_times}))
         atomic_write_text(self.dir / RESULTS_CSV, df.to_csv(index=False))
         if self.table_md is not None:
             atomic_write_text(self.dir / TABLE_MD, self.table_md(df))
@@ -153,13 +154,22 @@ def load_run(run_dir: str | Path):
     return data.get("meta", {}), df
 
 
-def load_raw_times(run_dir: str | Path) -> dict[str, list[float]]:
-    """Raw step times (seconds) of a run, keyed "variant|framework|mode|device|batch"; {} if absent."""
+def load_raw_rounds(run_dir: str | Path) -> dict[str, list[list[float]]]:
+    """Raw step times (seconds) of a run, one list per interleaved round, keyed as `schema.raw_key`;
+    {} if absent. A run from before rounds (one flat list per record) reads as one round per step."""
     path = Path(run_dir) / RAW_TIMES_JSON
     if not path.exists():
         return {}
     data = _read_json(path)
-    return dict(data.get("times", {})) if isinstance(data, dict) else {}
+    times = data.get("times", {}) if isinstance(data, dict) else {}
+    if data.get("layout") == "rounds":
+        return {k: [list(r) for r in v] for k, v in times.items()}
+    return {k: [[t] for t in v] for k, v in times.items()}
+
+
+def load_raw_times(run_dir: str | Path) -> dict[str, list[float]]:
+    """Raw step times (seconds) of a run, all rounds together, keyed as `schema.raw_key`; {} if absent."""
+    return {k: [t for burst in v for t in burst] for k, v in load_raw_rounds(run_dir).items()}
 
 
 def load_runs(run_dirs: Sequence[str | Path]):

@@ -1,22 +1,33 @@
-"""Walk variants x frameworks x modes x batches on one device, measure each, and store records as they come.
+"""The parent of a run: plans the measurements, keeps one worker process per variant, times them in
+interleaved rounds, and stores each record with its raw per-round step times as soon as it is final.
 
-A failed measurement is a record with status "failed", never an abort; each record is on disk
-before the next measurement starts, so Ctrl-C keeps everything measured so far.
+The variants that are compared with one another (same framework, mode, device, dtype, batch) form a
+group; each round times every member of the group for a short burst, in a fresh random order, so a
+slow spell of the machine lands on all of them alike and cancels out of their ratios. A worker that
+dies or hangs fails its own record; the group and the run go on.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from bench import machine, table
+from bench import machine, measure, stats, table
 from bench.config import MeasureSettings, RunConfig
-from bench.machine import DeviceUnavailableError
-from bench.measure import one_line_error
 from bench.results import SCHEMA_VERSION, RunWriter, utc_now
-from bench.schema import RAW_STEP_KEY, RECORD_KEYS
+from bench.schema import RAW_STEP_KEY, raw_key
+from bench.worker import Worker, WorkerDied
+
+
+@dataclass(frozen=True)
+class Side:
+    """Whose variant code a worker imports: this checkout ("" in a plain run) or a revision's (bench ab)."""
+
+    name: str = ""
+    variants_root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -25,9 +36,11 @@ class Job:
     framework: str
     mode: str
     batch: int
+    side: str = ""
 
     def label(self) -> str:
-        return f"{self.variant}  {self.framework}/{self.mode}  batch {self.batch}"
+        side = f"[{self.side}] " if self.side else ""
+        return f"{side}{self.variant}  {self.framework}/{self.mode}  batch {self.batch}"
 
 
 @dataclass(frozen=True)
@@ -39,29 +52,35 @@ class RunPlan:
     batches: tuple[int, ...]
     chunk_frames: int
     dtype: str
+    sides: tuple[Side, ...] = (Side(),)
+    plugins: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, run: RunConfig) -> "RunPlan":
+    def from_config(cls, run: RunConfig, sides: tuple[Side, ...] = (Side(),)) -> "RunPlan":
         import variants
 
         return cls(variants=tuple(variants.select(run.variants)), frameworks=run.frameworks,
                    modes={fw: run.modes(fw) for fw in run.frameworks}, device=run.device, batches=run.batches,
-                   chunk_frames=run.chunk_frames, dtype=run.dtype)
+                   chunk_frames=run.chunk_frames, dtype=run.dtype, sides=sides, plugins=run.plugins)
 
-    def jobs(self) -> list[Job]:
+    def groups(self) -> list[list[Job]]:
+        """Jobs that are compared with one another, one list per (framework, mode, batch)."""
         return [
-            Job(v, fw, mode, b)
-            for v in self.variants
+            [Job(v, fw, mode, b, side.name) for v in self.variants for side in self.sides]
             for fw in self.frameworks
             for mode in self.modes[fw]
             for b in self.batches
         ]
+
+    def jobs(self) -> list[Job]:
+        return [job for group in self.groups() for job in group]
 
 
 @dataclass
 class RunSummary:
     records: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    clock_mhz: tuple[float | None, float | None] = (None, None)  # CPU clock at the start and the end, where readable
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -76,12 +95,40 @@ class RunSummary:
         more = f", and {len(self.failed) - 3} more" if len(self.failed) > 3 else ""
         return f"{len(self.failed)} of {len(self.records)} measurements failed: {shown}{more}"
 
+    def noise_line(self) -> str | None:
+        """One line naming the rows whose 95% interval reaches further than +-10%, with the likely cause."""
+        start, end = self.clock_mhz
+        return noise_line(self.records, clock_changed=bool(start and end and abs(end / start - 1) > 0.05))
 
-def load_measure() -> Callable[..., dict]:
-    """bench.measure's entry point; a seam for tests, which drive a run with a fake."""
-    from bench.measure import measure
 
-    return measure
+def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False) -> str | None:
+    wide = []
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        widths = [stats.Interval(r[est], r.get(lo), r.get(hi)).half_width
+                  for est, lo, hi in (("latency_ms_p50", "latency_ms_p50_ci_low", "latency_ms_p50_ci_high"),
+                                      ("speedup_vs_baseline", "speedup_ci_low", "speedup_ci_high")) if r.get(est)]
+        widths = [w for w in widths if w is not None]
+        too_few = (r.get("rounds") or 0) < stats.MIN_ROUNDS_FOR_INTERVAL
+        if too_few or (widths and max(widths) > stats.WIDE_INTERVAL):
+            wide.append((r, max(widths, default=float("nan")), too_few))
+    if not wide:
+        return None
+    causes = []
+    if any((r.get("load_avg_1m") or 0) > (r.get("usable_cores") or 1) for r, _, _ in wide):
+        causes.append("load average above the core count (other jobs on the machine)")
+    if any(too_few for _, _, too_few in wide):
+        causes.append(f"fewer than {stats.MIN_ROUNDS_FOR_INTERVAL} rounds (raise [measure] rounds)")
+    if any(r.get("timing_capped") for r, _, _ in wide):
+        causes.append("rounds cut short by max_time_s")
+    if clock_changed:
+        causes.append("the CPU clock changed during the run")
+    names = ", ".join(f"{r['variant']} {r['framework']} b={r['batch']}"
+                      + (f" (+-{w:.0%})" if w == w else "") for r, w, _ in wide[:6])
+    more = f" and {len(wide) - 6} more" if len(wide) > 6 else ""
+    cause = "; likely cause: " + ", ".join(causes) if causes else "; no cause found (a bimodal step? more rounds help)"
+    return f"noisy: {len(wide)} rows with a 95% interval wider than +-{stats.WIDE_INTERVAL:.0%}: {names}{more}{cause}"
 
 
 def run_metadata(config: Mapping[str, Any], *, machine_tag: str | None, command: Sequence[str] | None = None) -> dict:
@@ -99,78 +146,193 @@ def run_metadata(config: Mapping[str, Any], *, machine_tag: str | None, command:
     }
 
 
-def normalise_record(record: Mapping[str, Any], job: Job, plan: RunPlan) -> dict[str, Any]:
-    """Every RECORD_KEYS key present (None when measure did not set it), identifying keys filled in."""
-    out = {key: record.get(key) for key in RECORD_KEYS}
-    out.update({k: v for k, v in record.items() if k not in out})
-    identity = dict(variant=job.variant, framework=job.framework, mode=job.mode, device=plan.device,
-                    dtype=plan.dtype, batch=job.batch, chunk_frames=plan.chunk_frames)
-    for key, value in identity.items():
-        if out.get(key) is None:
-            out[key] = value
-    if out.get("status") not in ("ok", "failed"):
-        out["status"] = "failed"
-        out["error"] = out.get("error") or f"measure returned status {record.get('status')!r}"
-    return out
+class WorkerPool:
+    """One live worker per (side, variant, framework, mode), started on first use, restarted after a death."""
+
+    def __init__(self, plan: RunPlan, start: Callable[..., Worker] = Worker):
+        self.plan, self._start = plan, start
+        self._roots = {side.name: side.variants_root for side in plan.sides}
+        self._workers: dict[tuple, Worker] = {}
+        self._count = 0
+
+    def get(self, job: Job) -> Worker:
+        key = (job.side, job.variant, job.framework, job.mode)
+        worker = self._workers.get(key)
+        if worker is None or worker.dead:
+            if worker is not None:
+                worker.close()
+            self._count += 1
+            worker = self._start(f"gw{self._count}", plugins=self.plan.plugins,
+                                 variants_root=self._roots.get(job.side))
+            self._workers[key] = worker
+        return worker
+
+    def retire(self, remaining: set[tuple[str, str]]) -> None:
+        """Stop the workers of every (framework, mode) no later group needs, freeing their memory."""
+        for key in [k for k in self._workers if (k[2], k[3]) not in remaining]:
+            self._workers.pop(key).close()
+
+    def close(self) -> None:
+        for worker in self._workers.values():
+            worker.close()
+        self._workers.clear()
+
+
+def session_key(job: Job) -> str:
+    return f"{job.variant}|{job.framework}|{job.mode}|{job.batch}"
 
 
 def _progress(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), disable=not enabled,
-    )
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), disable=not enabled)
 
 
 def _done_line(record: Mapping[str, Any], job: Job) -> str:
     if record["status"] != "ok":
         return f"[red]FAILED[/] {job.label()}: {record.get('error')}"
     speedup = record.get("speedup_vs_baseline")
-    extra = f", {speedup:.2f}x vs baseline" if speedup else ""
+    extra = ""
+    if speedup:
+        extra = f", {table.format_ratio(speedup, record.get('speedup_ci_low'), record.get('speedup_ci_high'))} vs baseline"
     return f"[green]ok[/] {job.label()}: p50 {record.get('latency_ms_p50'):.3f} ms{extra}"
 
 
-def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, measure_fn: Callable[..., dict] | None = None,
-        progress: bool = True) -> RunSummary:
-    """Measure every job of `plan`, writing each record through `writer` as soon as it exists.
+class _Group:
+    """One group's measurements in progress: prepared records and the step times of every round."""
 
-    Exceptions from a measurement become failed records, except DeviceUnavailableError (the whole
-    run is on the wrong machine) and KeyboardInterrupt; both mark the run folder and propagate.
-    """
-    if measure_fn is None:
-        measure_fn = load_measure()
-    summary = RunSummary(records=writer.records)  # the writer's list: speedups filled later show in both
-    jobs = plan.jobs()
+    def __init__(self, jobs: list[Job]):
+        self.jobs = jobs
+        self.records: dict[Job, dict[str, Any]] = {}
+        self.rounds: dict[Job, list[list[float]]] = {job: [] for job in jobs}
+        self.alive: list[Job] = []
+        self.order: list[list[Job]] = []  # the order each round ran in
+        self.capped = False  # the rounds stopped at max_time_s before min_time_s was reached
+
+    def fail(self, job: Job, error: str) -> None:
+        record = self.records.get(job) or {}
+        self.records[job] = {**record, "status": "failed", "error": error}
+        if job in self.alive:
+            self.alive.remove(job)
+
+
+def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress: bool = True,
+        pool: WorkerPool | None = None, seed: int | None = None) -> RunSummary:
+    """Measure every job of the plan and store the records; returns them with the elapsed time."""
+    pool = pool or WorkerPool(plan)
+    rng = random.Random(seed)
+    summary = RunSummary(records=writer.records)
+    clock_start = machine.cpu_clock_mhz()
+    known_peaks: dict[tuple, dict[str, Any]] = {}  # (framework, device, dtype) -> peak columns, measured once
     start = time.perf_counter()
-    with _progress(progress) as bar:
-        task = bar.add_task("starting", total=len(jobs))
-        try:
-            for job in jobs:
-                bar.update(task, description=job.label())
+    status = "complete"
+    try:
+        with _progress(progress) as bar:
+            task = bar.add_task("starting", total=len(plan.jobs()))
+            for index, jobs in enumerate(plan.groups()):
+                group = _Group(jobs)
                 try:
-                    raw = measure_fn(job.variant, job.framework, plan.device, job.batch, plan.chunk_frames,
-                                     dtype=plan.dtype, mode=job.mode, settings=settings)
-                except DeviceUnavailableError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - a failure is data; measure should not raise, but may
-                    raw = {"status": "failed", "error": one_line_error(e)}
-                raw = dict(raw)
-                step_times = raw.pop(RAW_STEP_KEY, None)  # to raw_times.json: results stay one row per record
-                record = normalise_record(raw, job, plan)
-                # A baseline measured after its variants fills their speedups too.
-                table.fill_speedups(writer.records + [record])
-                writer.add(record, step_times)
-                bar.console.print(_done_line(record, job), highlight=False)
-                bar.advance(task)
-        except KeyboardInterrupt:
-            writer.finish("interrupted", **machine.environment())
-            raise
-        except DeviceUnavailableError:
-            writer.finish("aborted: device unavailable", **machine.environment())
-            raise
-    summary.elapsed_s = time.perf_counter() - start
-    # thread counts are known once the frameworks are loaded
-    writer.finish("complete", **machine.environment())
+                    _prepare(group, plan, settings, pool, known_peaks, bar, task)
+                    _rounds(group, settings, pool, rng, bar, task)
+                finally:  # an interrupted group still keeps every round it timed
+                    for job, record in _finish(group, plan, settings).items():
+                        writer.add(record, group.rounds[job])
+                        bar.console.print(_done_line(record, job), highlight=False)
+                    for job in group.alive:
+                        try:
+                            pool.get(job).request({"cmd": "drop", "key": session_key(job)}, settings.timeout_s)
+                        except WorkerDied:
+                            pass
+                    pool.retire(remaining={(j.framework, j.mode) for g in plan.groups()[index + 1:] for j in g})
+                bar.advance(task, len(jobs))
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        pool.close()
+        summary.elapsed_s = time.perf_counter() - start
+        summary.clock_mhz = (clock_start, machine.cpu_clock_mhz())
+        writer.finish(status, **machine.environment())
     return summary
+
+
+def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: WorkerPool,
+             known_peaks: dict, bar, task) -> None:
+    """Build, compile, check and count each job's session in its worker (nothing is timed here)."""
+    for job in group.jobs:
+        bar.update(task, description=f"preparing {job.label()}")
+        peaks_key = (job.framework, plan.device, plan.dtype)
+        args = dict(variant=job.variant, framework=job.framework, device=plan.device, batch=job.batch,
+                    chunk_frames=plan.chunk_frames, dtype=plan.dtype, mode=job.mode, settings=asdict(settings),
+                    known_peaks=known_peaks.get(peaks_key))
+        identity = dict(variant=job.variant, framework=job.framework, mode=job.mode, device=plan.device,
+                        dtype=plan.dtype, batch=job.batch, chunk_frames=plan.chunk_frames, revision=job.side or None)
+        group.records[job] = {k: v for k, v in measure.empty_record().items() if k != RAW_STEP_KEY} | identity
+        try:
+            reply = pool.get(job).request({"cmd": "prepare", "key": session_key(job), "args": args},
+                                          settings.timeout_s)
+        except WorkerDied as e:
+            group.fail(job, str(e))
+            continue
+        if "error" in reply:
+            group.fail(job, reply["error"])
+            continue
+        record = {**group.records[job], **reply["record"], **identity}
+        group.records[job] = record
+        if record.get("status") == "prepared":
+            group.alive.append(job)
+            if record.get("peak_flops_per_s"):
+                known_peaks.setdefault(peaks_key, {k: record[k] for k in measure.PEAK_KEYS})
+
+
+def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: random.Random, bar, task) -> None:
+    """Time every live job for a burst per round, in a fresh random order each round, until each has
+    at least `rounds` rounds and `min_time_s` of timed steps (or the group has used `max_time_s`)."""
+    start = time.perf_counter()
+    group.order = []
+    done = 0
+    while group.alive:
+        order = list(group.alive)
+        rng.shuffle(order)
+        group.order.append(order)
+        bar.update(task, description=f"round {done + 1}: {group.jobs[0].framework} batch {group.jobs[0].batch}")
+        for job in order:
+            request = {"cmd": "time", "key": session_key(job), "steps": settings.steps_per_round,
+                       "warmup": settings.round_warmup}
+            try:
+                reply = pool.get(job).request(request, settings.timeout_s)
+            except WorkerDied as e:
+                group.fail(job, str(e))
+                continue
+            if "error" in reply:
+                group.fail(job, reply["error"])
+                continue
+            group.rounds[job].append(reply["step_s"])
+        done += 1
+        if done < settings.rounds:
+            continue
+        enough = all(sum(map(sum, group.rounds[job])) >= settings.min_time_s for job in group.alive)
+        if enough:
+            break
+        if time.perf_counter() - start >= settings.max_time_s:
+            group.capped = True
+            break
+
+
+def _finish(group: _Group, plan: RunPlan, settings: MeasureSettings) -> dict[Job, dict[str, Any]]:
+    """Final records of a group: latency statistics from the rounds, then the speedups with intervals."""
+    out: dict[Job, dict[str, Any]] = {}
+    for job in group.jobs:
+        record = group.records.get(job)
+        if record is None:
+            continue
+        if record.get("status") == "prepared":
+            record = measure.finish(record, group.rounds[job], settings)
+            record["timing_capped"] = group.capped
+        elif record.get("status") != "ok":
+            record = {**record, "status": "failed"}
+        out[job] = record
+    table.fill_speedups(list(out.values()), {raw_key(r): group.rounds[job] for job, r in out.items()})
+    return out

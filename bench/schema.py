@@ -16,8 +16,9 @@ DTYPES = tuple(DTYPE_BYTES)
 BASELINE = "baseline"  # speedups divide by this variant, measured in the same run and setting
 
 # What one measurement varies besides the variant; a record's speedup divides by the baseline that
-# shares all of these (and, in a merge of several runs, the run and the machine).
-SETTING_FIELDS = ("framework", "mode", "device", "dtype", "batch", "chunk_frames")
+# shares all of these (and, in a merge of several runs, the run and the machine). `revision` is set
+# only by `bench ab` ("base" / "head"), whose two sides each have their own baseline.
+SETTING_FIELDS = ("framework", "mode", "device", "dtype", "batch", "chunk_frames", "revision")
 # A record within one run: one run has one chunk size and one dtype, so these fields identify it.
 # raw_times.json is keyed on them ("variant|framework|mode|device|batch") and `bench compare` matches on them.
 ROW_KEY = ("variant", "framework", "mode", "device", "batch")
@@ -32,6 +33,7 @@ RECORD_KEYS = (
     "flops_per_step_xla", "flops_per_step_torch", "flops_per_step_fvcore", "bytes_per_step",
     "arithmetic_intensity", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
     "latency_ms_iqr", "compile_s", "iterations", "rtf", "audio_s_per_s", "speedup_vs_baseline",
+    "speedup_ci_low", "speedup_ci_high",
     "roofline_bound_ms", "roofline_fraction", "second_pass_macs_per_segment", "second_pass_latency_ms_p50",
     "status", "error",
 )
@@ -42,9 +44,11 @@ EXTRA_KEYS = (
     "flops_per_step_fvcore_total", "counter_notes", "latency_ms_min", "latency_iqr_over_median", "latency_noisy",
     "timing_capped", "warmup_iterations", "peak_flops_per_s", "peak_bytes_per_s", "peaks_source",
     "warnings", "measure_wall_s", *(f"roofline_ms_{k}" for k in NAMED_DEVICES),
+    "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "rounds", "steps_per_round", "worker", "revision",
 )
 
 
 def raw_key(record) -> str:
-    """A record's key in raw_times.json: its ROW_KEY values joined by '|'."""
-    return "|".join(str(record.get(k)) for k in ROW_KEY)
+    """A record's key in raw_times.json: its ROW_KEY values joined by '|' (and its revision in `bench ab`)."""
+    key = "|".join(str(record.get(k)) for k in ROW_KEY)
+    return f"{key}|{record['revision']}" if record.get("revision") else key

@@ -4,12 +4,13 @@ one speedup computation, how rows are matched between runs, and the ladder order
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from bench.schema import BASELINE, RECORD_KEYS, ROW_KEY, SETTING_FIELDS
+from bench import stats
+from bench.schema import BASELINE, RECORD_KEYS, ROW_KEY, SETTING_FIELDS, raw_key
 
 SPEEDUP = "speedup_vs_baseline"
 
@@ -88,11 +89,36 @@ def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def fill_speedups(records: list[dict[str, Any]]) -> None:
-    """Set each record's `speedup_vs_baseline` in place (None where there is none), as the run stores it."""
+def fill_speedups(records: list[dict[str, Any]], rounds: Mapping[str, Sequence[Sequence[float]]] | None = None) -> None:
+    """Set each record's `speedup_vs_baseline` in place (None where there is none), as the run stores it,
+    and, where the step times of both it and its baseline are given per interleaved round (keyed by
+    `raw_key`), the 95% interval `speedup_ci_low` / `speedup_ci_high` (bootstrap over paired rounds)."""
     values = speedups(frame(records)) if records else []
     for record, value in zip(records, values):
         record[SPEEDUP] = float(value) if np.isfinite(value) else None
+    if not rounds:
+        return
+    baselines = {_setting(r): r for r in records if r.get("variant") == BASELINE and r.get(SPEEDUP)}
+    for record in records:
+        base = baselines.get(_setting(record))
+        base_rounds, own_rounds = (rounds.get(raw_key(r)) if r else None for r in (base, record))
+        if record.get(SPEEDUP) is None or base is record or not base_rounds or not own_rounds:
+            continue  # the baseline's own 1.00x is exact, not an estimate
+        interval = stats.ratio_interval(base_rounds, own_rounds)
+        record.update(speedup_ci_low=interval.low, speedup_ci_high=interval.high)
+
+
+def _setting(record: Mapping[str, Any]) -> tuple:
+    return tuple(record.get(k) for k in SETTING_FIELDS)
+
+
+def format_ratio(estimate: float | None, low: float | None = None, high: float | None = None) -> str:
+    """'2.11x [2.02-2.20]': a ratio and its 95% interval (the bare ratio when there is none)."""
+    if estimate is None or not np.isfinite(estimate):
+        return "–"
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return f"{estimate:.2f}x"
+    return f"{estimate:.2f}x [{low:.2f}-{high:.2f}]"
 
 
 def device_labels(df: pd.DataFrame) -> pd.Series:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import importlib.util
+import sys
 import warnings
+from pathlib import Path
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from variants.spec import EncoderSpec
 
@@ -80,3 +84,31 @@ def select(pattern: str) -> list[str]:
     if not wanted:
         raise UnknownVariantError(f"empty variant selection {pattern!r}; valid variants: {', '.join(_VARIANTS)}")
     return [n for n in _VARIANTS if n in wanted]
+
+
+class PluginError(ImportError):
+    """A plugin that cannot be imported; str() is one line naming it."""
+
+
+def load_plugins(refs: Iterable[str]) -> None:
+    """Import modules that register more variants with `@register`: a module name ("my_pkg.variants")
+    or a path to a .py file. Importing one twice is a no-op, so the parent and every worker can call this."""
+    for ref in refs:
+        try:
+            if ref.endswith(".py") or Path(ref).is_file():
+                path = Path(ref).resolve()
+                name = f"bench_plugin_{path.stem}_{abs(hash(str(path))):x}"
+                if name in sys.modules:
+                    continue
+                spec = importlib.util.spec_from_file_location(name, path)
+                if spec is None or not path.is_file():
+                    raise PluginError(f"plugin {ref!r}: no such file")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(ref)
+        except PluginError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the plugin raised, the user sees one line
+            raise PluginError(f"plugin {ref!r} cannot be imported: {type(e).__name__}: {e}") from None

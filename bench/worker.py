@@ -1,0 +1,207 @@
+"""Worker processes: each one holds built, compiled sessions and answers "time N steps"; the parent schedules.
+
+A worker is `python -m bench.worker`, one per (variant, framework, mode) and revision. It reads one
+JSON request per line on stdin and writes one JSON reply per line on the stdout it was started
+with; anything a library prints goes to stderr (a file the parent keeps for the failure message).
+A worker that dies (a signal, `os._exit`, the OOM killer) or does not answer within the timeout
+raises `WorkerDied` in the parent, whose message is what a failed record says.
+
+Requests: {"cmd": "prepare", "key": ..., "args": {...}} -> {"record": {...}} (the non-timing columns);
+{"cmd": "time", "key": ..., "steps": n, "warmup": w} -> {"step_s": [...]};
+{"cmd": "drop", "key": ...} -> {}; {"cmd": "exit"}. A request that fails in Python answers
+{"error": "Type: message"} and the worker lives on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+WORKER_ENV = "BENCH_WORKER"  # set to the worker's id in every worker, as pytest-xdist sets PYTEST_XDIST_WORKER
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXIT_GRACE_S = 5.0
+
+
+class WorkerDied(RuntimeError):
+    """The worker process ended or hung; str() is the cause, e.g. 'worker killed by SIGSEGV'."""
+
+
+class Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, worker_id: str, *, plugins: Sequence[str] = (), variants_root: str | Path | None = None,
+                 threads: int | None = None):
+        self.id = worker_id
+        from bench.machine import usable_cores
+
+        threads = threads or usable_cores()
+        env = dict(os.environ)
+        env[WORKER_ENV] = worker_id
+        # thread pools are sized when a framework loads, so the count must be in the environment first
+        env.update({var: env.get(var, str(threads)) for var in THREAD_ENV_VARS})
+        args = [sys.executable, "-m", "bench.worker"]
+        for plugin in plugins:
+            args += ["--plugin", str(plugin)]
+        if variants_root is not None:
+            args += ["--variants-root", str(variants_root)]
+        self._stderr = tempfile.TemporaryFile(mode="w+b")
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     env=env, cwd=REPO_ROOT, start_new_session=True)
+        self._buffer = b""
+        self.dead: str | None = None
+
+    # ---- requests ------------------------------------------------------------------------------
+    def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send one request and wait for its reply; WorkerDied when the worker ends or times out."""
+        if self.dead:
+            raise WorkerDied(self.dead)
+        try:
+            self.proc.stdin.write((json.dumps(message) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._died()
+        line = self._read_line(timeout_s)
+        return json.loads(line)
+
+    def _read_line(self, timeout_s: float) -> bytes:
+        deadline = time.monotonic() + timeout_s
+        fd = self.proc.stdout.fileno()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    self.kill()
+                    self.dead = f"timed out after {timeout_s:g} s"
+                    raise WorkerDied(self.dead)
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    self._died()
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    def _died(self) -> None:
+        try:
+            code = self.proc.wait(timeout=EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = self.proc.returncode
+        self.dead = exit_cause(code, self.stderr_tail())
+        raise WorkerDied(self.dead)
+
+    def stderr_tail(self) -> str:
+        """The last non-empty line the worker wrote to stderr (its traceback's last line, usually)."""
+        self._stderr.seek(0)
+        lines = [ln.strip() for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()]
+        return lines[-1][:300] if lines else ""
+
+    # ---- ending --------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.proc.poll() is None and not self.dead:
+            try:
+                self.proc.stdin.write(b'{"cmd": "exit"}\n')
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=EXIT_GRACE_S)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+        self._stderr.close()
+
+    def kill(self) -> None:
+        """Kill the worker and whatever it started (its own process group); only ever this worker's."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+            self.proc.wait()
+
+
+def exit_cause(code: int | None, stderr_tail: str = "") -> str:
+    """How a worker ended, as a failed record states it: 'worker killed by SIGSEGV', 'worker exited with code 3'."""
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        cause = f"worker killed by {name}"
+        if name == "SIGKILL":
+            cause += " (out of memory?)"
+    else:
+        cause = f"worker exited with code {code}"
+    return f"{cause}: {stderr_tail}" if stderr_tail else cause
+
+
+# ---- the worker side ---------------------------------------------------------------------------
+
+
+def _serve(requests, reply) -> None:
+    from bench import measure
+
+    sessions: dict[str, Any] = {}
+    for line in requests:
+        if not line.strip():
+            continue
+        message = json.loads(line)
+        cmd = message.get("cmd")
+        if cmd == "exit":
+            return
+        try:
+            if cmd == "prepare":
+                prepared = measure.prepare(**message["args"])
+                if prepared.session is not None:
+                    sessions[message["key"]] = prepared
+                reply({"record": prepared.record})
+            elif cmd == "time":
+                reply({"step_s": sessions[message["key"]].time_burst(message["steps"], message.get("warmup", 0))})
+            elif cmd == "drop":
+                sessions.pop(message["key"], None)
+                reply({})
+            else:
+                reply({"error": f"unknown request {cmd!r}"})
+        except Exception as e:  # noqa: BLE001 - a failed request is an answer; the worker lives on
+            reply({"error": measure.one_line_error(e)})
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.worker")
+    parser.add_argument("--plugin", action="append", default=[])
+    parser.add_argument("--variants-root", default=None, help="import variants/ from this checkout (bench ab)")
+    args = parser.parse_args(argv)
+
+    # Replies go to the stdout the parent reads; everything else that writes to fd 1 goes to stderr.
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    if args.variants_root:
+        sys.path.insert(0, str(Path(args.variants_root).resolve()))
+
+    def reply(obj: dict[str, Any]) -> None:
+        from bench.results import json_safe
+
+        replies.write(json.dumps(json_safe(obj), allow_nan=False) + "\n")
+
+    import variants
+
+    try:
+        variants.load_plugins(args.plugin)
+    except Exception as e:  # noqa: BLE001 - the parent reads this line as the cause
+        print(f"cannot load plugin: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(3)
+    _serve(sys.stdin, reply)
+
+
+if __name__ == "__main__":
+    main()
