@@ -2,9 +2,9 @@
 
 Kinds of budget (the key that holds the limit says which):
 - `max_ratio` (+ `reference`): variant metric / reference metric, both from the same run, so the
-  budget holds on any machine of the device class. For latency metrics the ratio fails only when
-  even the favourable end of the run's own spread (the IQRs of both step-time samples) breaches
-  the limit: a quiet machine cannot fail a good change, and a real 2x regression still fails.
+  budget holds on any machine of the device class. A latency ratio is judged by its 95% interval
+  over the rounds in which both were timed: FAIL when the whole interval is past the limit,
+  INCONCLUSIVE when it straddles the limit, PASS when it is all within.
 - `max` / `equals`: deterministic counts (params, macs_per_step, state_bytes_per_stream); never flap.
 - `max_ms` (+ `machine`): an absolute latency limit that applies only when the run's machine tag
   matches; elsewhere it is shown as SKIP.
@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from bench import stats
 from bench.config import ConfigError, TableReader, read_toml
 from bench.schema import DEVICES, FRAMEWORKS, MODES, SETTING_FIELDS, raw_key
 
@@ -25,7 +26,6 @@ DEVICE_CLASSES = DEVICES + ("any",)  # "any": deterministic budgets that hold wh
 LIMIT_KEYS = {"max_ratio": "ratio", "max": "max", "equals": "exact", "max_ms": "absolute"}
 SELECTOR_KEYS = ("framework", "mode", "batch")
 ENTRY_KEYS = {"variant", "metric", "reference", "machine", "name", "reason", *LIMIT_KEYS, *SELECTOR_KEYS}
-MIN_RAW_SAMPLES = 4  # fewer raw step times than this: fall back to the record's p50 and IQR
 
 
 class BudgetError(ConfigError):
@@ -71,8 +71,8 @@ class Check:
     budget: Budget
     where: str  # which rows: "jax/jit b=1", or a summary when a deterministic value is shared
     measured: float | None
-    status: str  # "PASS" | "FAIL" | "SKIP"
-    interval: tuple[float, float] | None = None  # a latency ratio's spread
+    status: str  # "PASS" | "FAIL" | "INCONCLUSIVE" | "SKIP"
+    interval: tuple[float, float] | None = None  # a latency ratio's 95% interval
     note: str = ""
 
     @property
@@ -188,35 +188,24 @@ def _where(rows: Sequence[Mapping[str, Any]]) -> str:
     return f"{joined('framework')}/{joined('mode')} b={joined('batch')}"
 
 
-def _spread(record: Mapping[str, Any], raw_times: Mapping[str, Sequence[float]]) -> tuple[float, float]:
-    """(q25/q50, q75/q50) of a measurement's step times: from raw samples, else from p50 and IQR."""
-    import numpy as np
-
-    times = raw_times.get(raw_key(record))
-    if times is not None and len(times) >= MIN_RAW_SAMPLES:
-        q25, q50, q75 = np.percentile(np.asarray(times, dtype=float), [25, 50, 75])
-        if q50 > 0:
-            return float(q25 / q50), float(q75 / q50)
-    p50, iqr = _num(record.get("latency_ms_p50")), _num(record.get("latency_ms_iqr"))
-    if p50 and iqr is not None:
-        half = iqr / (2 * p50)
-        return max(1.0 - half, 0.0), 1.0 + half
-    return 1.0, 1.0  # no spread known: the plain comparison
-
-
-def _judge_latency_ratio(budget: Budget, ratio: float, spread_v: tuple[float, float],
-                         spread_r: tuple[float, float]) -> tuple[str, tuple[float, float], str]:
-    """PASS when the ratio is within the limit, or over it by less than the run's spread; else FAIL.
-
-    The ratio's interval pairs the variant's quartiles with the reference's opposite ones
-    ([q25_v/q75_r, q75_v/q25_r] relative to the p50s): it fails only when its low end is over."""
-    low = ratio * spread_v[0] / spread_r[1]
-    high = ratio * spread_v[1] / spread_r[0] if spread_r[0] > 0 else math.inf
-    if ratio <= budget.limit:
+def _judge_latency_ratio(budget: Budget, ratio: float, row: Mapping[str, Any], ref: Mapping[str, Any],
+                         rounds: Mapping[str, Sequence[Sequence[float]]]) -> tuple[str, tuple[float, float] | None, str]:
+    """Judge a latency ratio by its 95% interval (bootstrap over the rounds both were timed in):
+    PASS when the whole interval is within the limit, FAIL when the whole interval is past it,
+    INCONCLUSIVE when it straddles the limit (the run cannot tell; more rounds can)."""
+    row_rounds, ref_rounds = rounds.get(raw_key(row)), rounds.get(raw_key(ref))
+    if not row_rounds or not ref_rounds:
+        return ("PASS" if ratio <= budget.limit else "FAIL"), None, "no step times to bound the ratio"
+    interval = stats.ratio_interval(row_rounds, ref_rounds)
+    if interval.low is None:
+        return ("PASS" if ratio <= budget.limit else "FAIL"), None, "too few rounds for an interval"
+    # the interval of the medians' ratio, carried over to this metric's ratio (p90 / p90 alike)
+    low, high = ratio * interval.low / interval.estimate, ratio * interval.high / interval.estimate
+    if high <= budget.limit:
         return "PASS", (low, high), ""
-    if low <= budget.limit:
-        return "PASS", (low, high), "over the limit, but within the run's spread"
-    return "FAIL", (low, high), ""
+    if low > budget.limit:
+        return "FAIL", (low, high), ""
+    return "INCONCLUSIVE", (low, high), "the 95% interval straddles the limit"
 
 
 def _select_rows(budget: Budget, df, variant: str, devices: list[str], what: str):
@@ -253,7 +242,7 @@ def _failed_note(*records: Mapping[str, Any]) -> str:
 
 
 def _check_budget(budget: Budget, df, devices: list[str], machine_tag: str | None,
-                  raw_times: Mapping[str, Sequence[float]]) -> list[Check]:
+                  rounds: Mapping[str, Sequence[Sequence[float]]]) -> list[Check]:
     if budget.metric not in df.columns:
         raise budget.error(f"metric {budget.metric!r} is not in this run's records")
     rows = _select_rows(budget, df, budget.variant, devices, "variant").to_dict("records")
@@ -287,8 +276,7 @@ def _check_budget(budget: Budget, df, devices: list[str], machine_tag: str | Non
             continue
         ratio = value / ref_value
         if is_latency(budget.metric):
-            status, interval, note = _judge_latency_ratio(
-                budget, ratio, _spread(row, raw_times), _spread(ref, raw_times))
+            status, interval, note = _judge_latency_ratio(budget, ratio, row, ref, rounds)
             checks.append(Check(budget, where, ratio, status, interval, note))
         else:
             checks.append(Check(budget, where, ratio, "PASS" if ratio <= budget.limit else "FAIL"))
@@ -303,12 +291,12 @@ def _collapse(checks: list[Check], rows: list[Mapping[str, Any]]) -> list[Check]
 
 
 def evaluate(budgets: Sequence[Budget], meta: Mapping[str, Any], df,
-             raw_times: Mapping[str, Sequence[float]] | None = None) -> list[Check]:
+             rounds: Mapping[str, Sequence[Sequence[float]]] | None = None) -> list[Check]:
     """Every budget that applies to the run's device (and every "any" budget), checked against its rows.
 
     Raises BudgetError when a budget names what the run lacks, or when no budget applies at all
     (a gate that checks nothing must not pass silently)."""
-    raw_times = raw_times or {}
+    rounds = rounds or {}
     run_devices = list(dict.fromkeys(df["device"].astype(str))) if "device" in df and len(df) else []
     machine_tag = meta.get("machine_tag")
     checks: list[Check] = []
@@ -320,7 +308,7 @@ def evaluate(budgets: Sequence[Budget], meta: Mapping[str, Any], df,
                           f"(budgets exist for: {', '.join(dict.fromkeys(b.device_class for b in budgets))})")
     for budget in applicable:
         devices = run_devices if budget.device_class == "any" else [budget.device_class]
-        checks.extend(_check_budget(budget, df, devices, machine_tag, raw_times))
+        checks.extend(_check_budget(budget, df, devices, machine_tag, rounds))
     return checks
 
 
@@ -339,10 +327,11 @@ def render_checks(checks: Sequence[Check]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    counts = {s: sum(c.status == s for c in checks) for s in ("PASS", "FAIL", "SKIP")}
+    counts = {s: sum(c.status == s for c in checks) for s in ("PASS", "FAIL", "INCONCLUSIVE", "SKIP")}
     lines.append("")
-    lines.append(f"{len(checks)} checks: {counts['PASS']} pass, {counts['FAIL']} fail, {counts['SKIP']} skipped"
-                 " (latency ratios show [low–high] from the run's IQRs; they fail only when low is over the limit)")
+    lines.append(f"{len(checks)} checks: {counts['PASS']} pass, {counts['FAIL']} fail, "
+                 f"{counts['INCONCLUSIVE']} inconclusive, {counts['SKIP']} skipped (latency ratios show their 95% "
+                 "interval [low–high]; they fail only when all of it is over the limit)")
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
@@ -187,6 +188,81 @@ def run_cmd(
         _fail(summary.failure_line(), code=EXIT_FAILED)
 
 
+@app.command("ab")
+def ab_cmd(
+    base: Annotated[str, typer.Argument(help="The git revision to compare against, e.g. HEAD~1, main, a commit.")],
+    head: Annotated[Optional[str], typer.Argument(help="The revision to judge. [default: the working tree, changes included]")] = None,
+    variant: Annotated[Optional[str], typer.Option("--variant", "-v", help="all, NAME[,NAME] or a glob. [default: bench.toml run.variants]")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", "-d", help="cpu, gpu or tpu. [default: bench.toml run.device]")] = None,
+    framework: Annotated[Optional[str], typer.Option("--framework", "-f", help="jax, torch or all. [default: bench.toml run.frameworks]")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", "-b", help="Comma-separated batch sizes. [default: bench.toml run.batches]")] = None,
+    chunk: Annotated[Optional[int], typer.Option("--chunk", "-c", help="Input frames (10 ms) per streaming step. [default: bench.toml run.chunk_frames]")] = None,
+    torch_modes: Annotated[Optional[str], typer.Option("--torch-mode", help="eager, compile or eager,compile. [default: bench.toml run.torch_modes]")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16. [default: bench.toml run.dtype]")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Config file. [default: ./bench.toml if present]")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create. [default: reports/runs/<UTC time>-ab-<device>/]")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Few repetitions (bench.toml [measure.quick]): CI.")] = False,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Slowdown that fails, as a fraction (0.1 = 10%). [default: bench.toml ab.threshold]")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
+    plugin: Annotated[Optional[list[str]], typer.Option("--plugin", help=PLUGIN_HELP)] = None,
+) -> None:
+    """Compare the variant code of two git revisions on this machine, in one interleaved run.
+
+    Each revision's workers import its own variants/ (BASE from a temporary git worktree); both are
+    timed in the same rounds, so drift of the machine cancels out of the change. Per row it prints the
+    change in p50 with its 95% interval. Exit 1 when a row is slower by more than the threshold and
+    its interval excludes no change (asv continuous' rule), or could not be measured; 0 otherwise;
+    2 for bad input. Slowdowns declared in bench.toml [[ab.accept]] are reported as accepted.
+
+    \b
+    Examples:
+      bench ab HEAD~1                         # the working tree against the last commit
+      bench ab main HEAD --quick              # CI: this commit against main
+      bench ab v1.0 --variant practical --framework jax --batch 1 --threshold 0.05
+    """
+    from bench import ab, machine, report, results, runner
+
+    with _user_errors():
+        if threshold is not None and not 0 < threshold < 10:
+            raise UsageProblem(f"--threshold {threshold}: give a fraction such as 0.1 (10%)")
+        cfg = load_config(config)
+        repo = Path(__file__).resolve().parent.parent
+        base_commit = ab.resolve_revision(repo, base)
+        head_commit = ab.resolve_revision(repo, head) if head is not None else None
+        run = apply_flags(cfg, variant=variant, framework=framework, batch=batch, chunk=chunk, torch_mode=torch_modes,
+                          dtype=dtype, device=device, out=out, plugins=tuple(plugin or ()))
+        if out is None:
+            run = replace(run, out_dir=str(Path(run.out_dir).with_name(Path(run.out_dir).name.replace(
+                f"-{run.device}", f"-ab-{run.device}"))))
+        machine.check_available(run.device, run.frameworks)
+        out_dir = Path(run.out_dir)
+        if (out_dir / results.RESULTS_JSON).exists():
+            raise UsageProblem(f"--out {out_dir} already holds a run; choose another folder")
+        limit = threshold if threshold is not None else cfg.ab.threshold
+    head_label = head_commit[:12] if head_commit else "working tree"
+    with contextlib.ExitStack() as stack, _user_errors():
+        base_root = stack.enter_context(ab.checkout(repo, base_commit))
+        head_root = stack.enter_context(ab.checkout(repo, head_commit)) if head_commit else None
+        plan = runner.RunPlan.from_config(run, sides=(runner.Side("base", str(base_root)),
+                                                      runner.Side("head", str(head_root) if head_root else None)))
+        meta = runner.run_metadata(cfg.as_used(run, quick), machine_tag=run.machine_tag)
+        meta["ab"] = {"base": base_commit, "head": head_commit or "working tree", "threshold": limit}
+        writer = results.RunWriter(out_dir, meta, table_md=report.run_table_markdown)
+        typer.echo(f"bench ab: {head_label} vs {base_commit[:12]}, {len(plan.jobs())} measurements -> {out_dir}",
+                   err=True)
+        try:
+            runner.run(plan, cfg.measure_for(quick), writer, progress=progress)
+        except KeyboardInterrupt:
+            _fail(f"interrupted; {len(writer.records)} records kept in {out_dir}", code=130)
+        changes = ab.compare(writer.records, results.load_raw_rounds(out_dir), limit, cfg.ab.accept)
+    typer.echo(ab.render(changes, base_commit[:12], head_label, limit))
+    code = ab.exit_code(changes)
+    if code:
+        flagged = [f"{c.variant} {c.framework}/{c.mode} b={c.batch}" for c in changes if c.verdict in ("slower", "failed")]
+        _fail(f"{len(flagged)} rows slower than {base_commit[:12]} by more than {limit:.0%} (or failed): "
+              f"{', '.join(flagged)}", code=EXIT_FAILED)
+
+
 @app.command("report")
 def report_cmd(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run folders; they merge into one table.")],
@@ -298,7 +374,8 @@ def check_cmd(
     """Check a run against the budgets in bench.toml; exit 0 all pass, 1 any fails, 2 a bad budget file.
 
     Ratio budgets compare variants measured in the same run (they hold on any machine of the device
-    class); a latency ratio fails only when its breach exceeds the run's own spread. Deterministic
+    class); a latency ratio fails only when its whole 95% interval is past the limit, and is
+    INCONCLUSIVE (not a failure) when the interval straddles it. Deterministic
     budgets (params, MACs, state bytes) are exact. Absolute p90 budgets apply only to runs whose
     machine tag matches theirs.
 
@@ -309,11 +386,11 @@ def check_cmd(
     """
     with _user_errors():
         from bench import budgets as budgets_mod
-        from bench.results import load_raw_times, load_run
+        from bench.results import load_raw_rounds, load_run
 
         specs = budgets_mod.load_budgets(budgets)
         meta, df = load_run(run_dir)
-        checks = budgets_mod.evaluate(specs, meta, df, load_raw_times(run_dir))
+        checks = budgets_mod.evaluate(specs, meta, df, load_raw_rounds(run_dir))
     typer.echo(budgets_mod.render_checks(checks))
     failed = [c for c in checks if c.status == "FAIL"]
     if failed:

@@ -76,7 +76,7 @@ def _prepare(df: pd.DataFrame) -> pd.DataFrame:
     if "dtype" in df and df["dtype"].nunique() > 1:
         df["_setting"] += " " + df["dtype"].astype(str)
     df["batch"] = pd.to_numeric(df["batch"], errors="coerce").astype("Int64")
-    for col in ("latency_ms_p50", "latency_ms_p90", "speedup_vs_baseline", "params", "flops_per_step",
+    for col in ("latency_ms_p50", "latency_ms_p90", "speedup_vs_baseline", "speedup_ci_low", "speedup_ci_high", "params", "flops_per_step",
                 "bytes_per_step", "arithmetic_intensity", "weight_bytes", "state_bytes_per_stream"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce")
@@ -122,7 +122,7 @@ def _plain_log(axis: Any) -> None:
 
 # ---- figures ------------------------------------------------------------------------------------------
 
-def _bars(df: pd.DataFrame, value: str, ylabel: str, title: str, whisker: str | None = None,
+def _bars(df: pd.DataFrame, value: str, ylabel: str, title: str, whisker: tuple[str | None, str] | None = None,
           reference_lines: tuple[tuple[float, str, str], ...] = ()) -> Figure | None:
     df = _prepare(df)
     if df.empty:
@@ -157,8 +157,11 @@ def _bars(df: pd.DataFrame, value: str, ylabel: str, title: str, whisker: str | 
                                 transform=ax.get_xaxis_transform())
                         continue
                     yerr = None
-                    if whisker and np.isfinite(rec.get(whisker, np.nan)):
-                        yerr = [[0.0], [max(0.0, rec[whisker] - rec[value])]]
+                    low_col, high_col = whisker or (None, None)
+                    if high_col and np.isfinite(rec.get(high_col, np.nan)):
+                        low = rec.get(low_col, np.nan) if low_col else rec[value]
+                        low = low if np.isfinite(low) else rec[value]
+                        yerr = [[max(0.0, rec[value] - low)], [max(0.0, rec[high_col] - rec[value])]]
                     ax.bar(x, rec[value], width=width, color=colours[name], yerr=yerr, capsize=1.2,
                            error_kw={"elinewidth": 0.6, "capthick": 0.6})
             for y, style, label in reference_lines:
@@ -187,13 +190,15 @@ def _bars(df: pd.DataFrame, value: str, ylabel: str, title: str, whisker: str | 
 def latency_per_variant(df: pd.DataFrame) -> Figure | None:
     """Bars: p50 latency of one streaming step per variant, whiskers up to p90; one panel per batch."""
     return _bars(df, "latency_ms_p50", "latency per step (ms)", "Streaming-step latency (bar: p50, whisker: p90)",
-                 whisker="latency_ms_p90")
+                 whisker=(None, "latency_ms_p90"))
 
 
 @_paper_style
 def speedup_vs_baseline(df: pd.DataFrame) -> Figure | None:
-    """Bars: baseline p50 / variant p50 in the same setting; 1x and the paper's 6.8x marked."""
-    return _bars(df, "speedup_vs_baseline", "speedup vs baseline (x)", "Speedup over the baseline (p50 latency)",
+    """Bars: baseline p50 / variant p50 in the same setting, whiskers its 95% interval; 1x and the paper's 6.8x marked."""
+    return _bars(df, "speedup_vs_baseline", "speedup vs baseline (x)",
+                 "Speedup over the baseline (whisker: 95% interval)",
+                 whisker=("speedup_ci_low", "speedup_ci_high"),
                  reference_lines=((1.0, "-", ""), (PAPER_SPEEDUP, "--", f"paper (TPU): {PAPER_SPEEDUP}x")))
 
 

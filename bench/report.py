@@ -5,7 +5,7 @@ roofline predictions on named accelerators. Pure functions of the table: nothing
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,9 @@ COL_GFLOPS = "GFLOPs/step/stream"
 COL_STATE = "state KB/stream"
 STATIC_COLUMNS = (COL_PARAMS, COL_GFLOPS, COL_STATE)
 # Per framework/mode and batch: column suffix -> the record field it shows.
-LATENCY_METRICS = {"p50 (ms)": "latency_ms_p50", "p90 (ms)": "latency_ms_p90", "speedup (x)": "speedup_vs_baseline"}
+LATENCY_METRICS = {"p50 (ms)": "latency_ms_p50", "p90 (ms)": "latency_ms_p90", "speedup (x)": "speedup_vs_baseline",
+                   "speedup low": "speedup_ci_low", "speedup high": "speedup_ci_high"}
+CI_SUFFIXES = (": speedup low", ": speedup high")  # the 95% interval's ends: own columns in csv, "[low-high]" in text
 
 
 # ---- the paper table ----------------------------------------------------------------------------------
@@ -166,13 +168,24 @@ def fmt_ms(value: float) -> str:
 
 
 def _formatted(table: pd.DataFrame, na: str) -> pd.DataFrame:
+    """Text cells: numbers to their precision, each speedup followed by its 95% interval '[low-high]'."""
     out = table.copy().astype(object)
+    for col in [c for c in out.columns if str(c).endswith(": speedup (x)") or c == "speedup (x)"]:
+        label = col[: -len("speedup (x)")]
+        low, high = f"{label}speedup low".replace("::", ":"), f"{label}speedup high"
+        if low in out and high in out:
+            out[col] = [v if isinstance(v, str) else _with_interval(v, lo, hi)
+                        for v, lo, hi in zip(out[col], out[low], out[high])]
+    out = out[[c for c in out.columns if not str(c).endswith(("speedup low", "speedup high"))]]
     for col in out.columns:
         if col == "device":
             continue
         decimals = _decimals(col)
 
         def fmt(v, decimals=decimals):
+            if isinstance(v, tuple):  # (speedup, low, high)
+                value, lo, hi = v
+                return f"{value:.2f} [{lo:.2f}-{hi:.2f}]"
             if isinstance(v, str):
                 return v
             if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -181,6 +194,12 @@ def _formatted(table: pd.DataFrame, na: str) -> pd.DataFrame:
 
         out[col] = out[col].map(fmt)
     return out
+
+
+def _with_interval(value: Any, low: Any, high: Any) -> Any:
+    """(value, low, high) when all three are numbers, for `fmt` to print as 'value [low-high]'; else value."""
+    parts = [num(x) for x in (value, low, high)]
+    return tuple(parts) if all(math.isfinite(x) for x in parts) else value
 
 
 def counter_notes(df: pd.DataFrame) -> list[str]:
@@ -201,7 +220,8 @@ def counter_notes(df: pd.DataFrame) -> list[str]:
         lines.append(
             "latency: wall-clock time of one streaming step (p50/p90)"
             + (f", {'; '.join(parts)}" if parts else "")
-            + "; speedup = baseline p50 / variant p50 on the same device, framework, mode and batch."
+            + "; speedup = baseline p50 / variant p50 on the same device, framework, mode and batch, "
+            "with its 95% interval [low-high] (bootstrap over the interleaved rounds both were timed in)."
         )
     checks = []
     analytic = pd.to_numeric(df.get("flops_per_step", pd.Series(dtype=float)), errors="coerce")

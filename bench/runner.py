@@ -191,13 +191,15 @@ def _progress(enabled: bool):
 
 
 def _done_line(record: Mapping[str, Any], job: Job) -> str:
+    from rich.markup import escape
+
     if record["status"] != "ok":
-        return f"[red]FAILED[/] {job.label()}: {record.get('error')}"
+        return f"[red]FAILED[/] {escape(job.label())}: {escape(str(record.get('error')))}"
     speedup = record.get("speedup_vs_baseline")
     extra = ""
     if speedup:
         extra = f", {table.format_ratio(speedup, record.get('speedup_ci_low'), record.get('speedup_ci_high'))} vs baseline"
-    return f"[green]ok[/] {job.label()}: p50 {record.get('latency_ms_p50'):.3f} ms{extra}"
+    return f"[green]ok[/] {escape(job.label())}: p50 {record.get('latency_ms_p50'):.3f} ms{extra}"
 
 
 class _Group:
