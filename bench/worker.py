@@ -196,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import variants
 
     try:
-        variants.load_plugins(args.plugin)
+        if args.plugin:  # (a revision measured by `bench ab` may predate plugins)
+            variants.load_plugins(args.plugin)
     except Exception as e:  # noqa: BLE001 - the parent reads this line as the cause
         print(f"cannot load plugin: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(3)
