@@ -48,6 +48,7 @@ class MeasureSettings:
     min_time_s: float  # add rounds until every variant has this much timed step time...
     max_time_s: float  # ...unless the group's rounds have already taken this long
     timeout_s: float  # a worker that does not answer one request (build, compile, a burst) within this fails
+    prepare_workers: int  # workers that build and compile at once (before any timing; compile is mostly serial)
     counters: bool  # cross-check FLOPs with XLA / FlopCounterMode / fvcore (seconds per full-size model)
     second_pass: bool  # time the cascade's second pass too
     roofline: bool  # measure this machine's peak FLOP/s and bandwidth (once per process)
@@ -303,6 +304,7 @@ def _measure(reader: TableReader, base: MeasureSettings | None,
         min_time_s=reader.number("min_time_s", default("min_time_s"), strict=False),
         max_time_s=reader.number("max_time_s", default("max_time_s")),
         timeout_s=reader.number("timeout_s", default("timeout_s")),
+        prepare_workers=reader.positive_int("prepare_workers", default("prepare_workers")),
         counters=reader.boolean("counters", default("counters")),
         second_pass=reader.boolean("second_pass", default("second_pass")),
         roofline=reader.boolean("roofline", default("roofline")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -154,18 +155,20 @@ class WorkerPool:
         self._roots = {side.name: side.variants_root for side in plan.sides}
         self._workers: dict[tuple, Worker] = {}
         self._count = 0
+        self._lock = threading.Lock()
 
     def get(self, job: Job) -> Worker:
         key = (job.side, job.variant, job.framework, job.mode)
-        worker = self._workers.get(key)
-        if worker is None or worker.dead:
-            if worker is not None:
-                worker.close()
-            self._count += 1
-            worker = self._start(f"gw{self._count}", plugins=self.plan.plugins,
-                                 variants_root=self._roots.get(job.side))
-            self._workers[key] = worker
-        return worker
+        with self._lock:  # jobs are prepared from several threads
+            worker = self._workers.get(key)
+            if worker is None or worker.dead:
+                if worker is not None:
+                    worker.close()
+                self._count += 1
+                worker = self._start(f"gw{self._count}", plugins=self.plan.plugins,
+                                     variants_root=self._roots.get(job.side))
+                self._workers[key] = worker
+            return worker
 
     def retire(self, remaining: set[tuple[str, str]]) -> None:
         """Stop the workers of every (framework, mode) no later group needs, freeing their memory."""
@@ -262,9 +265,13 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
 
 def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: WorkerPool,
              known_peaks: dict, bar, task) -> None:
-    """Build, compile, check and count each job's session in its worker (nothing is timed here)."""
-    for job in group.jobs:
-        bar.update(task, description=f"preparing {job.label()}")
+    """Build, compile, check and count each job's session in its worker; nothing is timed against
+    anything else here, so up to `prepare_workers` workers prepare at once (compile_s may include
+    that sharing). The machine's peaks, when wanted and not yet known, are measured by one worker
+    preparing alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def prepare(job: Job) -> None:
         peaks_key = (job.framework, plan.device, plan.dtype)
         args = dict(variant=job.variant, framework=job.framework, device=plan.device, batch=job.batch,
                     chunk_frames=plan.chunk_frames, dtype=plan.dtype, mode=job.mode, settings=asdict(settings),
@@ -277,16 +284,23 @@ def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: Work
                                           settings.timeout_s)
         except WorkerDied as e:
             group.fail(job, str(e))
-            continue
+            return
         if "error" in reply:
             group.fail(job, reply["error"])
-            continue
+            return
         record = {**group.records[job], **reply["record"], **identity}
         group.records[job] = record
-        if record.get("status") == "prepared":
-            group.alive.append(job)
-            if record.get("peak_flops_per_s"):
-                known_peaks.setdefault(peaks_key, {k: record[k] for k in measure.PEAK_KEYS})
+        if record.get("status") == "prepared" and record.get("peak_flops_per_s"):
+            known_peaks.setdefault(peaks_key, {k: record[k] for k in measure.PEAK_KEYS})
+
+    bar.update(task, description=f"preparing {group.jobs[0].framework}/{group.jobs[0].mode} "
+                                 f"batch {group.jobs[0].batch}")
+    jobs = list(group.jobs)
+    if settings.roofline and (jobs[0].framework, plan.device, plan.dtype) not in known_peaks:
+        prepare(jobs.pop(0))
+    with ThreadPoolExecutor(max_workers=max(1, settings.prepare_workers)) as executor:
+        list(executor.map(prepare, jobs))
+    group.alive = [job for job in group.jobs if group.records[job].get("status") == "prepared"]
 
 
 def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: random.Random, bar, task) -> None:
