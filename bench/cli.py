@@ -21,8 +21,18 @@ EXIT_FAILED = 1  # the run finished but some measurement (or budget) failed
 EXIT_USAGE = 2  # bad flags, a malformed bench.toml, a device that is not here, a folder that cannot be written
 
 
-PLUGIN_HELP = ("A module name or .py file that registers variants with @variants.register; repeatable. "
-               "[default: bench.toml run.plugins]")
+# Flags `bench run` and `bench ab` share: each run flag overrides the matching bench.toml [run] key.
+VariantFlag = Annotated[Optional[str], typer.Option("--variant", "-v", help="all, NAME[,NAME] or a glob ('perf*'). [default: bench.toml run.variants]")]
+DeviceFlag = Annotated[Optional[str], typer.Option("--device", "-d", help="cpu, gpu or tpu. [default: bench.toml run.device]")]
+FrameworkFlag = Annotated[Optional[str], typer.Option("--framework", "-f", help="jax, torch or all. [default: bench.toml run.frameworks]")]
+BatchFlag = Annotated[Optional[str], typer.Option("--batch", "-b", help="Comma-separated batch sizes, e.g. 1,64. [default: bench.toml run.batches]")]
+ChunkFlag = Annotated[Optional[int], typer.Option("--chunk", "-c", help="Input frames (10 ms) per streaming step. [default: bench.toml run.chunk_frames]")]
+TorchModeFlag = Annotated[Optional[str], typer.Option("--torch-mode", help="eager, compile or eager,compile. [default: bench.toml run.torch_modes]")]
+DtypeFlag = Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16 (what accelerators serve in). [default: bench.toml run.dtype]")]
+ConfigFlag = Annotated[Optional[Path], typer.Option("--config", help="Config file. [default: ./bench.toml if present]")]
+QuickFlag = Annotated[bool, typer.Option("--quick", help="Few repetitions (bench.toml [measure.quick]): smoke runs and CI.")]
+ProgressFlag = Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")]
+PluginFlag = Annotated[Optional[list[str]], typer.Option("--plugin", help="A module name or .py file that registers variants with @variants.register; repeatable. [default: bench.toml run.plugins]")]
 
 
 class UsageProblem(Exception):
@@ -103,7 +113,7 @@ def _fail(message: str, code: int = EXIT_USAGE) -> None:
 @app.command("list")
 def list_variants(
     pattern: Annotated[str, typer.Argument(help="Which variants: all, NAME[,NAME] or a glob such as 'perf*'.")] = "all",
-    plugin: Annotated[Optional[list[str]], typer.Option("--plugin", help=PLUGIN_HELP)] = None,
+    plugin: PluginFlag = None,
 ) -> None:
     """List the registered variants in ladder order: name, parameters, description.
 
@@ -131,19 +141,19 @@ def list_variants(
 
 @app.command("run")
 def run_cmd(
-    variant: Annotated[Optional[str], typer.Option("--variant", "-v", help="all, NAME[,NAME] or a glob ('perf*'). [default: bench.toml run.variants]")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", "-d", help="cpu, gpu or tpu. [default: bench.toml run.device]")] = None,
-    framework: Annotated[Optional[str], typer.Option("--framework", "-f", help="jax, torch or all. [default: bench.toml run.frameworks]")] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", "-b", help="Comma-separated batch sizes, e.g. 1,64. [default: bench.toml run.batches]")] = None,
-    chunk: Annotated[Optional[int], typer.Option("--chunk", "-c", help="Input frames (10 ms) per streaming step. [default: bench.toml run.chunk_frames]")] = None,
-    torch_modes: Annotated[Optional[str], typer.Option("--torch-mode", help="eager, compile or eager,compile. [default: bench.toml run.torch_modes]")] = None,
-    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16 (what accelerators serve in). [default: bench.toml run.dtype]")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="Config file. [default: ./bench.toml if present]")] = None,
+    variant: VariantFlag = None,
+    device: DeviceFlag = None,
+    framework: FrameworkFlag = None,
+    batch: BatchFlag = None,
+    chunk: ChunkFlag = None,
+    torch_modes: TorchModeFlag = None,
+    dtype: DtypeFlag = None,
+    config: ConfigFlag = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create. [default: reports/runs/<UTC time>-<device>/]")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Few repetitions (bench.toml [measure.quick]): smoke runs and CI.")] = False,
+    quick: QuickFlag = False,
     machine_tag: Annotated[Optional[str], typer.Option("--machine-tag", envvar="BENCH_MACHINE_TAG", help="Name of this machine; absolute latency budgets apply only to runs with their tag.")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
-    plugin: Annotated[Optional[list[str]], typer.Option("--plugin", help=PLUGIN_HELP)] = None,
+    progress: ProgressFlag = True,
+    plugin: PluginFlag = None,
 ) -> None:
     """Measure variants x frameworks x batches on one device and write a run folder.
 
@@ -192,19 +202,19 @@ def run_cmd(
 def ab_cmd(
     base: Annotated[str, typer.Argument(help="The git revision to compare against, e.g. HEAD~1, main, a commit.")],
     head: Annotated[Optional[str], typer.Argument(help="The revision to judge. [default: the working tree, changes included]")] = None,
-    variant: Annotated[Optional[str], typer.Option("--variant", "-v", help="all, NAME[,NAME] or a glob. [default: bench.toml run.variants]")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", "-d", help="cpu, gpu or tpu. [default: bench.toml run.device]")] = None,
-    framework: Annotated[Optional[str], typer.Option("--framework", "-f", help="jax, torch or all. [default: bench.toml run.frameworks]")] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", "-b", help="Comma-separated batch sizes. [default: bench.toml run.batches]")] = None,
-    chunk: Annotated[Optional[int], typer.Option("--chunk", "-c", help="Input frames (10 ms) per streaming step. [default: bench.toml run.chunk_frames]")] = None,
-    torch_modes: Annotated[Optional[str], typer.Option("--torch-mode", help="eager, compile or eager,compile. [default: bench.toml run.torch_modes]")] = None,
-    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16. [default: bench.toml run.dtype]")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="Config file. [default: ./bench.toml if present]")] = None,
+    variant: VariantFlag = None,
+    device: DeviceFlag = None,
+    framework: FrameworkFlag = None,
+    batch: BatchFlag = None,
+    chunk: ChunkFlag = None,
+    torch_modes: TorchModeFlag = None,
+    dtype: DtypeFlag = None,
+    config: ConfigFlag = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create. [default: reports/runs/<UTC time>-ab-<device>/]")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Few repetitions (bench.toml [measure.quick]): CI.")] = False,
+    quick: QuickFlag = False,
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Slowdown that fails, as a fraction (0.1 = 10%). [default: bench.toml ab.threshold]")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
-    plugin: Annotated[Optional[list[str]], typer.Option("--plugin", help=PLUGIN_HELP)] = None,
+    progress: ProgressFlag = True,
+    plugin: PluginFlag = None,
 ) -> None:
     """Compare the variant code of two git revisions on this machine, in one interleaved run.
 

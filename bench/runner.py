@@ -216,6 +216,18 @@ class _Group:
         self.order: list[list[Job]] = []  # the order each round ran in
         self.capped = False  # the rounds stopped at max_time_s before min_time_s was reached
 
+    def ask(self, pool: "WorkerPool", job: Job, request: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+        """The worker's reply, or None after failing the job (its worker died, hung or answered an error)."""
+        try:
+            reply = pool.get(job).request(request, timeout_s)
+        except WorkerDied as e:
+            self.fail(job, str(e))
+            return None
+        if "error" in reply:
+            self.fail(job, reply["error"])
+            return None
+        return reply
+
     def fail(self, job: Job, error: str) -> None:
         record = self.records.get(job) or {}
         self.records[job] = {**record, "status": "failed", "error": error}
@@ -279,14 +291,8 @@ def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: Work
         identity = dict(variant=job.variant, framework=job.framework, mode=job.mode, device=plan.device,
                         dtype=plan.dtype, batch=job.batch, chunk_frames=plan.chunk_frames, revision=job.side or None)
         group.records[job] = {k: v for k, v in measure.empty_record().items() if k != RAW_STEP_KEY} | identity
-        try:
-            reply = pool.get(job).request({"cmd": "prepare", "key": session_key(job), "args": args},
-                                          settings.timeout_s)
-        except WorkerDied as e:
-            group.fail(job, str(e))
-            return
-        if "error" in reply:
-            group.fail(job, reply["error"])
+        reply = group.ask(pool, job, {"cmd": "prepare", "key": session_key(job), "args": args}, settings.timeout_s)
+        if reply is None:
             return
         record = {**group.records[job], **reply["record"], **identity}
         group.records[job] = record
@@ -317,15 +323,9 @@ def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: ran
         for job in order:
             request = {"cmd": "time", "key": session_key(job), "steps": settings.steps_per_round,
                        "warmup": settings.round_warmup}
-            try:
-                reply = pool.get(job).request(request, settings.timeout_s)
-            except WorkerDied as e:
-                group.fail(job, str(e))
-                continue
-            if "error" in reply:
-                group.fail(job, reply["error"])
-                continue
-            group.rounds[job].append(reply["step_s"])
+            reply = group.ask(pool, job, request, settings.timeout_s)
+            if reply is not None:
+                group.rounds[job].append(reply["step_s"])
         done += 1
         if done < settings.rounds:
             continue
