@@ -1,8 +1,10 @@
-"""The `bench` command as a user drives it (typer's CliRunner), with a fake measure: no model is built."""
+"""The `bench` command as a user drives it (typer's CliRunner), with fake in-process workers: no model is built
+(tests/test_worker.py drives `bench run` with real worker processes)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,9 +15,10 @@ from bench import results
 from bench.cli import app
 from bench.config import MeasureSettings, load_config
 from bench.schema import RECORD_KEYS, raw_key
-from bench_fakes import FakeMeasure, install
+from bench_fakes import FakeWorkers, install
 
 cli = CliRunner()
+PLUGIN = Path(__file__).resolve().parent / "plugins" / "misbehaving.py"
 LADDER = load_config().run.variants.split(",")  # what `bench run` measures with no flags
 
 
@@ -57,6 +60,51 @@ def test_list_shows_every_variant_in_ladder_order_with_params():
     assert "121.1M" in lines[0] and variants.get("baseline").description in lines[0]
 
 
+@pytest.fixture
+def own_registry(monkeypatch):
+    """Plugins a test loads register into a copy of the registry: later tests see the package's variants only."""
+    import sys
+
+    from variants import registry
+
+    monkeypatch.setattr(registry, "_VARIANTS", dict(registry._VARIANTS))
+    modules = set(sys.modules)
+    yield
+    for name in set(sys.modules) - modules:
+        if name.startswith("bench_plugin_"):
+            del sys.modules[name]
+
+
+def test_list_shows_the_variants_of_a_plugin_after_the_ladder(own_registry, monkeypatch):
+    result = invoke("list", "--plugin", str(PLUGIN))
+    assert result.exit_code == 0, result.output
+    names = [line.split()[0] for line in result.stdout.strip().splitlines()]
+    assert names[:5] == LADDER and "tiny_ok" in names and "tiny_segfault" in names
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("tiny_ok ")]
+    assert "a tiny encoder that measures normally" in line
+    monkeypatch.chdir(PLUGIN.parent.parent.parent)
+    result = invoke("list", "tiny_*", "--plugin", "tests/plugins/misbehaving.py")  # a relative path too
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.stdout.strip().splitlines()] == [
+        "tiny_ok", "tiny_wide", "tiny_segfault", "tiny_exit", "tiny_hang"]
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda d: d / "missing.py", "missing.py"),
+    (lambda d: (d / "broken.py").write_text("import no_such_module_here\n") and d / "broken.py",
+     "No module named 'no_such_module_here'"),
+    (lambda d: "no_such_plugin_module", "no_such_plugin_module"),
+])
+@pytest.mark.parametrize("verb", ["list", "run"])
+def test_a_plugin_that_does_not_import_is_one_line_and_exit_2(own_registry, monkeypatch, tmp_path, make, says, verb):
+    fake = FakeWorkers()
+    install(monkeypatch, fake)
+    result = invoke(verb, "--plugin", str(make(tmp_path)), *(["--out", str(tmp_path / "run")] if verb == "run" else []))
+    line = assert_one_line_error(result)
+    assert "plugin" in line and says in line
+    assert not fake.calls and not (tmp_path / "run").exists()
+
+
 def test_list_takes_a_glob():
     result = invoke("list", "practical*")
     assert [line.split()[0] for line in result.stdout.strip().splitlines()] == ["practical", "practical_cascade"]
@@ -96,7 +144,7 @@ def test_no_arguments_prints_help():
     (["report", "/no/such/run", "--format", "html"], "'html' is not one of markdown, csv, latex"),
 ])
 def test_bad_input_exits_2_with_one_line(monkeypatch, tmp_path, args, says):
-    fake = FakeMeasure()
+    fake = FakeWorkers()
     install(monkeypatch, fake)
     monkeypatch.chdir(tmp_path)
     line = assert_one_line_error(invoke(*args))
@@ -118,7 +166,7 @@ def test_env_names_versions_devices_and_threads():
 
 
 def test_a_malformed_config_exits_2_naming_file_and_line(monkeypatch, tmp_path):
-    install(monkeypatch, FakeMeasure())
+    install(monkeypatch, FakeWorkers())
     bad = tmp_path / "bench.toml"
     bad.write_text("[run]\nbatches = [1, 64\nchunk_frames = 6\n")
     line = assert_one_line_error(invoke("run", "--config", str(bad)))
@@ -130,7 +178,7 @@ def test_a_malformed_config_exits_2_naming_file_and_line(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("verb", ["run", "plot"])
 def test_an_unwritable_out_folder_exits_2_with_one_line(monkeypatch, tmp_path, verb):
-    fake = FakeMeasure()
+    fake = FakeWorkers()
     install(monkeypatch, fake)
     run = tmp_path / "run"
     assert invoke("run", "--variant", "baseline", "--batch", "1", "--framework", "jax", "--out", str(run)).exit_code == 0
@@ -142,7 +190,7 @@ def test_an_unwritable_out_folder_exits_2_with_one_line(monkeypatch, tmp_path, v
 
 
 def test_an_existing_run_folder_is_not_overwritten(monkeypatch, tmp_path):
-    install(monkeypatch, FakeMeasure())
+    install(monkeypatch, FakeWorkers())
     out = tmp_path / "run"
     assert invoke("run", "--variant", "baseline", "--batch", "1", "--out", str(out)).exit_code == 0
     assert "already holds a run" in assert_one_line_error(invoke("run", "--variant", "baseline", "--out", str(out)))
@@ -152,7 +200,7 @@ def test_an_existing_run_folder_is_not_overwritten(monkeypatch, tmp_path):
 
 
 def test_default_run_measures_the_ladder_into_a_timestamped_folder(monkeypatch, tmp_path):
-    fake = FakeMeasure()
+    fake = FakeWorkers()
     install(monkeypatch, fake)
     monkeypatch.chdir(tmp_path)  # no bench.toml here: the built-in defaults
     result = invoke("run", "--no-progress")
@@ -161,9 +209,13 @@ def test_default_run_measures_the_ladder_into_a_timestamped_folder(monkeypatch, 
     assert out.name.endswith("Z-cpu")
     meta, records = load(out)
     assert len(records) == len(LADDER) * 2 * 2  # variants x frameworks x batches (1, 64)
-    assert [r["variant"] for r in records[::4]] == LADDER
+    groups = [records[i:i + len(LADDER)] for i in range(0, len(records), len(LADDER))]
+    for group in groups:  # one group per (framework, batch), its variants in ladder order
+        assert [r["variant"] for r in group] == LADDER
+        assert len({(r["framework"], r["mode"], r["batch"]) for r in group}) == 1
     assert {(c["framework"], c["mode"]) for c in fake.calls} == {("jax", "jit"), ("torch", "eager")}
-    assert all(c["settings"] == load_config().measure and c["chunk_frames"] == 6 for c in fake.calls)
+    assert all(MeasureSettings(**c["settings"]) == load_config().measure and c["chunk_frames"] == 6
+               for c in fake.calls)
     assert meta["status"] == "complete" and meta["finished_utc"]
     assert meta["config"]["run"]["batches"] == [1, 64] and meta["config"]["quick_run"] is False
     for key in ("machine", "versions", "threads", "git", "started_utc"):
@@ -172,7 +224,7 @@ def test_default_run_measures_the_ladder_into_a_timestamped_folder(monkeypatch, 
 
 
 def test_results_schema_has_every_contract_key(monkeypatch, tmp_path):
-    install(monkeypatch, FakeMeasure())
+    install(monkeypatch, FakeWorkers())
     out = tmp_path / "run"
     result = invoke("run", "--variant", "baseline,practical", "--batch", "1", "--out", str(out), "--quick")
     assert result.exit_code == 0, result.output
@@ -182,16 +234,21 @@ def test_results_schema_has_every_contract_key(monkeypatch, tmp_path):
         assert "raw_step_s" not in record  # raw times live in raw_times.json
     csv = pd.read_csv(out / results.RESULTS_CSV)
     assert list(csv.columns[: len(RECORD_KEYS)]) == list(RECORD_KEYS)
-    raw = results.load_raw_times(out)
-    assert set(raw) == {raw_key(r) for r in records} and all(len(t) == 30 for t in raw.values())
-    speedup = {(r["variant"], r["framework"]): r["speedup_vs_baseline"] for r in records}
-    assert speedup[("baseline", "jax")] == pytest.approx(1.0)
-    assert speedup[("practical", "jax")] == pytest.approx(10.0 / 4.0, rel=0.05)
+    quick = load_config().quick
+    rounds = results.load_raw_rounds(out)
+    assert set(rounds) == {raw_key(r) for r in records}
+    assert all(len(r) == quick.rounds and all(len(b) == quick.steps_per_round for b in r) for r in rounds.values())
+    speedup = {(r["variant"], r["framework"]): r for r in records}
+    assert speedup[("baseline", "jax")]["speedup_vs_baseline"] == pytest.approx(1.0)
+    practical = speedup[("practical", "jax")]
+    assert practical["speedup_vs_baseline"] == pytest.approx(10.0 / 4.0, rel=0.05)
+    assert practical["speedup_ci_low"] < practical["speedup_vs_baseline"] < practical["speedup_ci_high"]
+    assert set(csv.columns) >= {"speedup_ci_low", "speedup_ci_high", "rounds", "worker"}
     assert (out / results.TABLE_MD).read_text().count("practical") >= 1
 
 
 def test_failed_variants_are_recorded_and_the_run_goes_on_then_exits_1(monkeypatch, tmp_path):
-    install(monkeypatch, FakeMeasure(fail=("conv_lower",), raise_for=("practical",)))
+    install(monkeypatch, FakeWorkers(fail=("conv_lower",), raise_for=("practical",)))
     out = tmp_path / "run"
     result = invoke("run", "--variant", "baseline,conv_lower,practical,practical_cascade", "--batch", "1",
                     "--out", str(out))
@@ -210,24 +267,29 @@ def test_failed_variants_are_recorded_and_the_run_goes_on_then_exits_1(monkeypat
 
 
 def test_an_interrupted_run_keeps_what_it_measured(monkeypatch, tmp_path):
-    install(monkeypatch, FakeMeasure(interrupt_at=3))
+    rounds = load_config().quick.rounds
+    # Ctrl-C in the third round of the second group (jax batch 64), before any timing of torch
+    install(monkeypatch, FakeWorkers(interrupt_at=2 * rounds + 5))
     out = tmp_path / "run"
-    result = invoke("run", "--variant", "baseline,practical", "--batch", "1,64", "--out", str(out))
+    result = invoke("run", "--variant", "baseline,practical", "--batch", "1,64", "--out", str(out), "--quick")
     line = assert_run_summary(result, code=130)
-    assert "interrupted; 2 records kept" in line
+    assert "interrupted; 4 records kept" in line
     meta, records = load(out)
     assert meta["status"] == "interrupted"
-    assert [(r["variant"], r["framework"], r["batch"]) for r in records] == [("baseline", "jax", 1), ("baseline", "jax", 64)]
-    assert len(pd.read_csv(out / results.RESULTS_CSV)) == 2
-    assert len(results.load_raw_times(out)) == 2
+    assert [(r["variant"], r["framework"], r["batch"]) for r in records] == [
+        ("baseline", "jax", 1), ("practical", "jax", 1), ("baseline", "jax", 64), ("practical", "jax", 64)]
+    assert [r["rounds"] for r in records[:2]] == [rounds, rounds]
+    assert {r["rounds"] for r in records[2:]} <= {2, 3}  # the rounds timed before the interrupt are kept
+    assert len(pd.read_csv(out / results.RESULTS_CSV)) == 4
+    assert len(results.load_raw_rounds(out)) == 4
 
 
 def test_flags_override_the_config(monkeypatch, tmp_path):
-    fake = FakeMeasure()
+    fake = FakeWorkers()
     install(monkeypatch, fake)
     config = tmp_path / "bench.toml"
     config.write_text('[run]\nvariants = "baseline"\nframeworks = ["jax"]\nbatches = [2]\nchunk_frames = 12\n'
-                      '[measure.quick]\nmin_iterations = 7\n')
+                      '[measure.quick]\nrounds = 7\n')
     result = invoke("run", "--config", str(config), "--out", str(tmp_path / "a"))
     assert result.exit_code == 0, result.output
     assert [(c["variant"], c["framework"], c["batch"], c["chunk_frames"]) for c in fake.calls] == [("baseline", "jax", 2, 12)]
@@ -243,8 +305,9 @@ def test_flags_override_the_config(monkeypatch, tmp_path):
     assert {(c["framework"], c["mode"], c["batch"]) for c in fake.calls} == {
         ("jax", "jit", 1), ("jax", "jit", 3), ("torch", "eager", 1), ("torch", "eager", 3),
         ("torch", "compile", 1), ("torch", "compile", 3)}
-    settings = fake.calls[0]["settings"]
-    assert isinstance(settings, MeasureSettings) and settings.min_iterations == 7  # [measure.quick] reached measure
+    settings = MeasureSettings(**fake.calls[0]["settings"])
+    assert settings.rounds == 7  # [measure.quick] reached the workers
+    assert len(results.load_raw_rounds(tmp_path / "b")["baseline|jax|jit|cpu|1"]) == 7
     assert settings.warmup_iterations == load_config().quick.warmup_iterations  # the rest: the repository's preset
 
 
@@ -252,7 +315,7 @@ def test_flags_override_the_config(monkeypatch, tmp_path):
 
 
 def test_report_and_compare_read_run_folders(monkeypatch, tmp_path):
-    install(monkeypatch, FakeMeasure())
+    install(monkeypatch, FakeWorkers())
     for name in ("a", "b"):
         assert invoke("run", "--variant", "baseline,practical", "--batch", "1", "--out", str(tmp_path / name)).exit_code == 0
     result = invoke("report", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "csv")
