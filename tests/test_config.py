@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import variants
-from bench.config import SHIPPED_CONFIG_PATH, ConfigError, FlagError, apply_flags, load_config
+from bench.config import (SHIPPED_CONFIG_PATH, AbSettings, AcceptedSlowdown, ConfigError, FlagError, apply_flags,
+                          load_config)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,12 +32,14 @@ def test_the_committed_bench_toml_is_valid_and_runs_the_ladder():
     assert config.run.variants.split(",") == variants.names()[:5]  # the ablation ladder, in registry order
     assert config.run.batches == (1, 64) and config.run.chunk_frames == 6 and config.run.device == "cpu"
     assert config.run.frameworks == ("jax", "torch")
-    assert config.quick.min_iterations < config.measure.min_iterations
+    assert config.quick.rounds * config.quick.steps_per_round <= config.measure.rounds * config.measure.steps_per_round
+    assert config.quick.min_time_s <= config.measure.min_time_s and config.measure.timeout_s > 0
 
 
 def test_the_quick_preset_is_bench_tomls():
     quick = load_config(REPO / "bench.toml").measure_for(quick=True)
-    assert (quick.warmup_iterations, quick.min_iterations) == (2, 5)
+    assert (quick.warmup_iterations, quick.rounds, quick.steps_per_round) == (2, 8, 2)
+    assert quick.rounds >= 3  # enough rounds for an interval
     assert not (quick.counters or quick.second_pass or quick.roofline)
 
 
@@ -48,9 +51,9 @@ def test_without_a_local_file_the_repositorys_bench_toml_applies(tmp_path, monke
 
 def test_a_file_overrides_only_the_keys_it_sets(tmp_path):
     shipped = load_config()
-    config = load_config(write(tmp_path, "[run]\nbatches = [4]\n[measure.quick]\nmin_iterations = 9\n"))
+    config = load_config(write(tmp_path, "[run]\nbatches = [4]\n[measure.quick]\nrounds = 9\n"))
     assert config.run == dataclasses.replace(shipped.run, batches=(4,))
-    assert config.quick == dataclasses.replace(shipped.quick, min_iterations=9)
+    assert config.quick == dataclasses.replace(shipped.quick, rounds=9)
     assert config.measure == shipped.measure
 
 
@@ -58,11 +61,13 @@ def test_the_repositorys_bench_toml_must_set_every_key(tmp_path, monkeypatch):
     from bench import config as config_mod
 
     shipped = tmp_path / "shipped.toml"
-    shipped.write_text((REPO / "bench.toml").read_text().replace("min_iterations = 20\n", ""))
+    text = (REPO / "bench.toml").read_text()
+    assert "\nrounds = 10\n" in text
+    shipped.write_text(text.replace("\nrounds = 10\n", "\n", 1))
     monkeypatch.setattr(config_mod, "SHIPPED_CONFIG_PATH", shipped)
     monkeypatch.chdir(tmp_path)
     e = error_of(None)
-    assert str(e).startswith(f"{shipped}:") and "measure.min_iterations: missing" in str(e)
+    assert str(e).startswith(f"{shipped}:") and "measure.rounds: missing" in str(e)
 
 
 def test_a_syntax_error_names_the_file_and_the_line(tmp_path):
@@ -85,6 +90,24 @@ def test_a_syntax_error_names_the_file_and_the_line(tmp_path):
     ('[measure]\n\n[measure.quick]\nmax_time_s = 0\n', 4, "measure.quick.max_time_s", "> 0"),
     ('[measure]\ncounters = "yes"\n', 2, "measure.counters", "true or false"),
     ('run = 3\n', 1, "run", "expected a table"),
+    ('[measure]\nrounds = 0\n', 2, "measure.rounds", "positive integer"),
+    ('[measure]\nsteps_per_round = 2.5\n', 2, "measure.steps_per_round", "positive integer"),
+    ('[measure]\nround_warmup = -1\n', 2, "measure.round_warmup", "integer >= 0"),
+    ('[measure]\nwarmup_iterations = true\n', 2, "measure.warmup_iterations", "integer >= 0"),
+    ('[measure]\ntimeout_s = 0\n', 2, "measure.timeout_s", "> 0"),
+    ('[measure]\n\n[measure.quick]\ntimeout_s = "5 min"\n', 4, "measure.quick.timeout_s", "> 0"),
+    ('[measure]\nprepare_workers = 0\n', 2, "measure.prepare_workers", "positive integer"),
+    ('[measure]\nmin_iterations = 5\n', 2, "measure.min_iterations", "unknown key"),
+    ('[measure.quick]\nquick = 1\n', 2, "measure.quick.quick", "unknown key"),
+    ('[run]\nplugins = "mine.py"\n', 2, "run.plugins", "list of module names"),
+    ('[ab]\nthreshold = 0\n', 2, "ab.threshold", "> 0"),
+    ('[ab]\nthreshhold = 0.1\n', 2, "ab.threshhold", "unknown key"),
+    ('[ab]\n[[ab.accept]]\nvariant = "practical"\n', 2, "ab.accept[0]", "a variant and a reason"),
+    ('[ab]\n[[ab.accept]]\nvariant = "practical"\nreason = "x"\nframework = "tf"\n', 5,
+     "ab.accept[0].framework", "'tf' is not one of jax, torch"),
+    ('[ab]\n[[ab.accept]]\nvariant = "practical"\nreason = "x"\nbatch = 0\n', 5, "ab.accept[0].batch",
+     "positive integer"),
+    ('[ab]\n[[ab.accept]]\nvariant = "practical"\nreason = "x"\nwhy = "y"\n', 5, "ab.accept[0].why", "unknown key"),
 ])
 def test_a_bad_value_names_file_key_and_line(tmp_path, text, line, key, says):
     path = write(tmp_path, text)
@@ -95,12 +118,41 @@ def test_a_bad_value_names_file_key_and_line(tmp_path, text, line, key, says):
 
 def test_values_are_read_into_dataclasses(tmp_path):
     path = write(tmp_path, '[run]\nvariants = "perf*"\nbatches = 8\nmachine_tag = "ci-box"\n'
-                           '[measure]\nmin_iterations = 100\n[measure.quick]\ncounters = true\n')
+                           '[measure]\nrounds = 12\nsteps_per_round = 4\nround_warmup = 0\nmin_time_s = 2\n'
+                           'max_time_s = 90.5\ntimeout_s = 30\nwarmup_iterations = 0\nprepare_workers = 1\n'
+                           '[measure.quick]\ncounters = true\n')
     config = load_config(path)
     assert config.run.variants == "perf*" and config.run.batches == (8,) and config.run.machine_tag == "ci-box"
-    assert config.measure == dataclasses.replace(load_config().measure, min_iterations=100)
+    assert config.measure == dataclasses.replace(load_config().measure, rounds=12, steps_per_round=4, round_warmup=0,
+                                                 min_time_s=2.0, max_time_s=90.5, timeout_s=30.0,
+                                                 warmup_iterations=0, prepare_workers=1)
+    assert isinstance(config.measure.min_time_s, float) and isinstance(config.measure.timeout_s, float)
     assert config.measure_for(quick=True).counters is True
     assert config.to_dict()["path"] == str(path)
+
+
+def test_the_ab_gate_reads_its_threshold_and_accepted_slowdowns(tmp_path):
+    shipped = load_config()
+    assert shipped.ab == AbSettings(threshold=0.10, accept=())
+    path = write(tmp_path, '[ab]\nthreshold = 0.05\n'
+                           '[[ab.accept]]\nvariant = "practical"\nreason = "wider FFN, agreed"\n'
+                           '[[ab.accept]]\nvariant = "baseline"\nreason = "r"\nframework = "jax"\nbatch = 64\n')
+    ab = load_config(path).ab
+    assert ab.threshold == 0.05
+    assert ab.accept == (AcceptedSlowdown("practical", "wider FFN, agreed"),
+                         AcceptedSlowdown("baseline", "r", framework="jax", batch=64))
+    assert ab.accept[0].covers("practical", "torch", 1) and not ab.accept[0].covers("baseline", "jax", 1)
+    assert ab.accept[1].covers("baseline", "jax", 64) and not ab.accept[1].covers("baseline", "jax", 1)
+    assert not ab.accept[1].covers("baseline", "torch", 64)
+    # a file without [ab] keeps the repository's gate; one with only a threshold keeps no accepted list
+    assert load_config(write(tmp_path, "[run]\nbatches = [1]\n")).ab == shipped.ab
+    assert load_config(write(tmp_path, "[ab]\nthreshold = 0.2\n")).ab == AbSettings(threshold=0.2, accept=())
+
+
+def test_plugins_in_bench_toml_are_read_from_the_files_folder(tmp_path):
+    path = write(tmp_path, '[run]\nplugins = ["mine.py", "my_pkg.variants"]\n')
+    assert load_config(path).run.plugins == (str(tmp_path / "mine.py"), "my_pkg.variants")
+    assert load_config().run.plugins == ()
 
 
 def test_a_missing_file_is_a_config_error(tmp_path):
