@@ -55,7 +55,7 @@ def records(device: str = "cpu", device_name: str = "Synthetic CPU", failed: tup
 
 
 def raw_times(df: pd.DataFrame, n: int = 200, seed: int = 0) -> dict[str, list[float]]:
-    """Step times (s) around each ok record's p50, keyed as bench.results stores them."""
+    """Step times (s) around each ok record's p50, keyed as bench.results stores them, one flat list each."""
     rng = np.random.default_rng(seed)
     out = {}
     for rec in df[df["status"] == "ok"].to_dict("records"):
@@ -63,8 +63,32 @@ def raw_times(df: pd.DataFrame, n: int = 200, seed: int = 0) -> dict[str, list[f
     return out
 
 
-def write_run(run_dir: Path, df: pd.DataFrame, raw: dict[str, list[float]] | None = None) -> Path:
-    """A run folder in bench.results' layout (results.json, results.csv, table.md, raw_times.json)."""
+def raw_rounds(df: pd.DataFrame, rounds: int = 10, steps: int = 3, sigma: float = 0.05, drift: float = 0.3,
+               seed: int = 0) -> dict[str, list[list[float]]]:
+    """Step times (s) around each ok record's p50, one list per interleaved round, as `bench run` stores
+    them: every row of a setting shares a per-round drift factor (uniform in [1, 1 + drift]), as rows timed
+    in the same round do on a machine whose speed wanders."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    setting = ["framework", "mode", "device", "batch"]
+    for _, group in df[df["status"] == "ok"].groupby(setting, sort=False):
+        factor = rng.uniform(1.0, 1.0 + drift, rounds)[:, None]
+        for rec in group.to_dict("records"):
+            times = rec["latency_ms_p50"] / 1e3 * factor * rng.lognormal(0.0, sigma, (rounds, steps))
+            out[raw_key(rec)] = times.tolist()
+    return out
+
+
+def as_rounds(times, steps: int = 5) -> list[list[float]] | None:
+    """Step times as RunWriter stores them: per-round lists pass through; a flat list is cut into rounds of `steps`."""
+    if times is None or not len(times) or isinstance(times[0], (list, tuple)):
+        return times
+    return [list(times[i:i + steps]) for i in range(0, len(times), steps)]
+
+
+def write_run(run_dir: Path, df: pd.DataFrame, raw: dict[str, list] | None = None) -> Path:
+    """A run folder in bench.results' layout (results.json, results.csv, table.md, raw_times.json); `raw`
+    holds each row's step times, per round (`raw_rounds`) or flat (`raw_times`, cut into rounds of 5)."""
     from bench.report import run_table_markdown
     from bench.results import RunWriter
 
@@ -74,5 +98,5 @@ def write_run(run_dir: Path, df: pd.DataFrame, raw: dict[str, list[float]] | Non
     raw = raw or {}
     for rec in df.to_dict("records"):
         rec = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in rec.items()}
-        writer.add(rec, raw.get(raw_key(rec)))
+        writer.add(rec, as_rounds(raw.get(raw_key(rec))))
     return run_dir

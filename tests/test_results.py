@@ -1,4 +1,4 @@
-"""bench.results: atomic files rewritten after every record, and reading/merging run folders."""
+"""bench.results: atomic files rewritten after every record, raw step times per interleaved round, and\nreading/merging run folders."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_every_file_is_rewritten_after_every_record(tmp_path):
     run = tmp_path / "run"
     assert json.loads((run / "results.json").read_text())["records"] == []
     for n, variant in enumerate(["baseline", "practical"], start=1):
-        writer.add(record(variant), [0.01, 0.011, 0.012])
+        writer.add(record(variant), [[0.01, 0.011], [0.012]])
         data = json.loads((run / "results.json").read_text())
         assert len(data["records"]) == n
         assert len(pd.read_csv(run / "results.csv")) == n
@@ -78,11 +78,41 @@ def test_json_is_strict_nan_becomes_null(tmp_path):
 
 def test_load_run_gives_meta_and_a_frame_with_every_contract_column(tmp_path):
     writer = RunWriter(tmp_path / "r", {**META, "machine_tag": "box"})
-    writer.add(record(), [0.01, 0.02])
+    writer.add(record(), [[0.01], [0.02]])
     meta, df = load_run(tmp_path / "r")
     assert meta["machine_tag"] == "box"
     assert set(RECORD_KEYS) <= set(df.columns) and df.loc[0, "run"] == "r"
     assert load_raw_times(tmp_path / "r") == {"baseline|jax|jit|cpu|1": [0.01, 0.02]}
+
+
+def test_raw_times_keep_each_interleaved_round(tmp_path):
+    rounds = [[0.010, 0.011, 0.012], [0.020, 0.021, 0.022], [0.013, 0.014, 0.015]]
+    writer = RunWriter(tmp_path, META)
+    writer.add(record(), rounds)
+    writer.add(record("practical", revision="head"), [[0.004], [0.005, 0.006]])  # a bench ab side
+    writer.add(record("conv_lower", status="failed", latency_ms_p50=None), [])
+    writer.add(record("performer"))  # no times at all
+    data = json.loads((tmp_path / "raw_times.json").read_text())
+    assert data["layout"] == "rounds" and data["unit"] == "s"
+    assert results.load_raw_rounds(tmp_path) == {"baseline|jax|jit|cpu|1": rounds,
+                                                 "practical|jax|jit|cpu|1|head": [[0.004], [0.005, 0.006]],
+                                                 "conv_lower|jax|jit|cpu|1": []}
+    assert load_raw_times(tmp_path)["baseline|jax|jit|cpu|1"] == [t for r in rounds for t in r]
+
+
+def test_an_old_flat_raw_times_file_reads_as_one_round_per_step(tmp_path):
+    RunWriter(tmp_path, META).add(record(), [[0.5]])
+    (tmp_path / "raw_times.json").write_text(json.dumps(
+        {"unit": "s", "key": ["variant", "framework", "mode", "device", "batch"],
+         "times": {"baseline|jax|jit|cpu|1": [0.01, 0.02, 0.03]}}))
+    assert results.load_raw_rounds(tmp_path) == {"baseline|jax|jit|cpu|1": [[0.01], [0.02], [0.03]]}
+    assert load_raw_times(tmp_path) == {"baseline|jax|jit|cpu|1": [0.01, 0.02, 0.03]}
+
+
+def test_a_run_without_raw_times_reads_as_none(tmp_path):
+    RunWriter(tmp_path, META).add(record())
+    (tmp_path / "raw_times.json").unlink()
+    assert results.load_raw_rounds(tmp_path) == {} and load_raw_times(tmp_path) == {}
 
 
 def test_merging_two_folders_keeps_each_rows_device(tmp_path):
@@ -119,7 +149,7 @@ def test_compare_finds_the_raw_times_of_every_row_it_stores(tmp_path):
     for name in ("a", "b"):
         writer = RunWriter(tmp_path / name, META)
         for variant, batch in (("baseline", 1), ("baseline", 64), ("practical", 64)):
-            writer.add(record(variant, batch=batch), [0.010, 0.011, 0.012, 0.010])
+            writer.add(record(variant, batch=batch), [[0.010, 0.011], [0.012, 0.010]])
     (_, df_a), (_, df_b) = load_run(tmp_path / "a"), load_run(tmp_path / "b")
     json.loads((tmp_path / "a" / "raw_times.json").read_text())  # strict JSON, string keys
     out = compare.compare_runs(df_a, load_raw_times(tmp_path / "a"), df_b, load_raw_times(tmp_path / "b"))
@@ -143,3 +173,12 @@ def test_table_md_survives_records_the_report_cannot_render(tmp_path, monkeypatc
     text = (tmp_path / "table.md").read_text()
     assert "paper table unavailable" in text and "| baseline | jax | jit | 1 |" in text
     assert math.isnan(pd.read_csv(tmp_path / "results.csv").loc[0, "latency_ms_p50"])
+
+
+@pytest.mark.xfail(strict=True, reason="bench/results.py load_raw_rounds: a raw_times.json that is valid JSON but not "
+                                       "an object raises AttributeError (data.get on a list), not ResultsError")
+def test_a_raw_times_file_that_is_not_an_object_is_a_results_error(tmp_path):
+    RunWriter(tmp_path, META).add(record(), [[0.01]])
+    (tmp_path / "raw_times.json").write_text("[1, 2]")
+    with pytest.raises(results.ResultsError):
+        results.load_raw_rounds(tmp_path)
