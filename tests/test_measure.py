@@ -1,4 +1,4 @@
-"""bench.measure: one call gives a complete record; failures are records, a missing device raises."""
+"""bench.measure: prepare -> bursts -> finish gives a complete record; failures are records, a missing device raises."""
 
 import math
 
@@ -9,12 +9,14 @@ import variants
 from variants import analytic
 from bench.config import MeasureSettings, load_config
 from bench.machine import DeviceUnavailableError, available_devices
-from bench.measure import _variant_name, measure
+from bench import measure as measure_mod
+from bench.measure import _variant_name, finish, measure, prepare
 from bench.schema import EXTRA_KEYS, RAW_STEP_KEY, RECORD_KEYS
 from tiny import tiny
 
-SETTINGS = MeasureSettings(warmup_iterations=1, min_iterations=5, min_time_s=0.05, max_time_s=1.0, counters=True,
-                           second_pass=True, roofline=True)
+SETTINGS = MeasureSettings(warmup_iterations=1, rounds=3, steps_per_round=2, round_warmup=1, min_time_s=0.0,
+                           max_time_s=1.0, timeout_s=60.0, prepare_workers=1, counters=True, second_pass=True,
+                           roofline=True)
 QUICK = load_config().quick
 CASES = [("jax", "practical_cascade"), ("torch", "baseline")]  # performer + 2 rates + cascade; local attention
 
@@ -28,7 +30,8 @@ def _assert_complete(record):
 
 
 @pytest.mark.parametrize("framework, name", CASES)
-def test_tiny_spec_gives_a_complete_ok_record(framework, name):
+def test_tiny_spec_gives_a_complete_ok_record(framework, name, monkeypatch):
+    monkeypatch.delenv("BENCH_WORKER", raising=False)
     spec = _tiny(name)
     r = measure(spec, framework, "cpu", 2, 6, settings=SETTINGS)
     _assert_complete(r)
@@ -53,10 +56,11 @@ def test_tiny_spec_gives_a_complete_ok_record(framework, name):
         assert r["flops_per_step_torch"] == pytest.approx(r["flops_per_step"], rel=0.05)
         assert r["flops_per_step_fvcore"] == pytest.approx(r["flops_per_step"], rel=0.05)
 
-    # timing and what is derived from it
-    # (a machine oversubscribed by other jobs can hit the time cap first; that is recorded, not hidden)
-    assert r["iterations"] >= SETTINGS.min_iterations or r["timing_capped"]
-    assert len(r[RAW_STEP_KEY]) == r["iterations"] >= 1
+    # timing and what is derived from it: `rounds` bursts of `steps_per_round` steps, in this process
+    assert r["rounds"] == 3 and r["steps_per_round"] == 2 and r["warmup_iterations"] == 1
+    assert len(r[RAW_STEP_KEY]) == r["iterations"] == 6
+    assert r["latency_ms_p50_ci_low"] <= r["latency_ms_p50"] <= r["latency_ms_p50_ci_high"]
+    assert r["worker"] is None  # measured in this process, not in a worker
     assert 0 < r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"]
     assert r["latency_ms_p50"] == pytest.approx(1e3 * float(np.median(r[RAW_STEP_KEY])))
     audio_s = 6 * spec.input_frame_ms / 1000
@@ -161,3 +165,45 @@ def test_a_chunk_that_leaves_frames_in_a_buffer_compiles_every_phase_ahead():
     for _ in range(7):
         _, state = session.step(state)
     assert session._compiled == compiled_before
+
+
+def test_prepare_then_bursts_then_finish_is_what_measure_chains(monkeypatch):
+    monkeypatch.setenv("BENCH_WORKER", "gw7")  # as a worker process sees it
+    prepared = prepare(_tiny("practical"), "jax", "cpu", 1, 6, settings=QUICK)
+    assert prepared.record["status"] == "prepared" and prepared.record["worker"] == "gw7"
+    assert prepared.record["latency_ms_p50"] is None  # nothing timed yet
+    bursts = [prepared.time_burst(4, warmup=1) for _ in range(3)]
+    assert [len(b) for b in bursts] == [4, 4, 4] and all(t > 0 for b in bursts for t in b)
+    record = finish(prepared.record, bursts, QUICK)
+    assert record["status"] == "ok" and record["rounds"] == 3 and record["iterations"] == 12
+    assert record["latency_ms_p50"] == pytest.approx(1e3 * float(np.median(np.concatenate(bursts))))
+    assert prepared.record["status"] == "prepared"  # finish does not change its input
+
+
+def test_finish_turns_rounds_into_the_latency_columns():
+    record = {"status": "prepared", "batch": 4, "audio_s_per_step": 0.06, "warnings": "a note",
+              "flops_per_step": 2e9, "bytes_per_step": 1e8, "peak_flops_per_s": 1e11, "peak_bytes_per_s": 1e10,
+              "peaks_source": "test"}
+    rounds = [[0.010, 0.012], [0.011, 0.013], [0.009, 0.010], [0.010, 0.011]]
+    r = finish(record, rounds, QUICK)
+    assert r["status"] == "ok" and r["rounds"] == 4 and r["iterations"] == 8
+    assert r["latency_ms_p50"] == pytest.approx(10.5) and r["latency_ms_min"] == pytest.approx(9.0)
+    assert r["latency_ms_p50_ci_low"] <= 10.5 <= r["latency_ms_p50_ci_high"]
+    assert r["rtf"] == pytest.approx(0.0105 / 0.06) and r["audio_s_per_s"] == pytest.approx(4 * 0.06 / 0.0105)
+    assert r["roofline_bound_ms"] == pytest.approx(20.0) and r["roofline_fraction"] == pytest.approx(20.0 / 10.5)
+    assert r["warnings"].startswith("a note") and r["steps_per_round"] == QUICK.steps_per_round
+    two = finish(record, rounds[:2], QUICK)
+    assert two["status"] == "ok" and two.get("latency_ms_p50_ci_low") is None  # too few rounds for an interval
+
+
+def test_finish_without_any_step_is_a_failed_record():
+    r = finish({"status": "prepared", "warnings": None}, [], QUICK)
+    assert r["status"] == "failed" and r["error"] == "no step was timed"
+
+
+def test_a_nan_while_timing_a_burst_raises_so_the_worker_answers_an_error():
+    prepared = prepare(_tiny("baseline"), "jax", "cpu", 1, 6, settings=QUICK)
+    prepared.session.all_finite = lambda tree: False
+    with pytest.raises(FloatingPointError):
+        prepared.time_burst(2)
+    assert measure_mod.one_line_error(FloatingPointError("NaN\nmore")) == "FloatingPointError: NaN"
