@@ -32,6 +32,26 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
         raise RevisionError(f"git {' '.join(args)}: {e}") from None
 
 
+def repo_root(folder: Path) -> Path:
+    """The top of the git checkout holding `folder`; RevisionError when there is none."""
+    out = _git(folder, "rev-parse", "--show-toplevel")
+    if out.returncode != 0:
+        raise RevisionError(f"{folder} is not inside a git checkout, so there are no revisions to compare")
+    return Path(out.stdout.strip())
+
+
+def side_plugins(plugins: Sequence[str], repo: Path, root: Path) -> tuple[str, ...]:
+    """Plugins as one side of the comparison imports them: a .py file inside the checkout is taken from
+    that side's revision (`root`), anything else as given."""
+    out = []
+    for plugin in plugins:
+        path = Path(plugin)
+        if path.is_absolute() and path.is_relative_to(repo):
+            plugin = str(root / path.relative_to(repo))
+        out.append(plugin)
+    return tuple(out)
+
+
 def resolve_revision(repo: Path, revision: str) -> str:
     """The commit a revision names; RevisionError when git does not know it (or this is no checkout)."""
     out = _git(repo, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")

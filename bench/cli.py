@@ -236,7 +236,7 @@ def ab_cmd(
         if threshold is not None and not 0 < threshold < 10:
             raise UsageProblem(f"--threshold {threshold}: give a fraction such as 0.1 (10%)")
         cfg = load_config(config)
-        repo = Path(__file__).resolve().parent.parent
+        repo = ab.repo_root(Path.cwd())
         base_commit = ab.resolve_revision(repo, base)
         head_commit = ab.resolve_revision(repo, head) if head is not None else None
         run = apply_flags(cfg, variant=variant, framework=framework, batch=batch, chunk=chunk, torch_mode=torch_modes,
@@ -252,9 +252,10 @@ def ab_cmd(
     head_label = head_commit[:12] if head_commit else "working tree"
     with contextlib.ExitStack() as stack, _user_errors():
         base_root = stack.enter_context(ab.checkout(repo, base_commit))
-        head_root = stack.enter_context(ab.checkout(repo, head_commit)) if head_commit else None
-        plan = runner.RunPlan.from_config(run, sides=(runner.Side("base", str(base_root)),
-                                                      runner.Side("head", str(head_root) if head_root else None)))
+        head_root = stack.enter_context(ab.checkout(repo, head_commit)) if head_commit else repo
+        sides = tuple(runner.Side(name, str(root), ab.side_plugins(run.plugins, repo, root))
+                      for name, root in (("base", base_root), ("head", head_root)))
+        plan = runner.RunPlan.from_config(run, sides=sides)
         meta = runner.run_metadata(cfg.as_used(run, quick), machine_tag=run.machine_tag)
         meta["ab"] = {"base": base_commit, "head": head_commit or "working tree", "threshold": limit}
         writer = results.RunWriter(out_dir, meta, table_md=report.run_table_markdown)

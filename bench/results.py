@@ -161,7 +161,9 @@ def load_raw_rounds(run_dir: str | Path) -> dict[str, list[list[float]]]:
     if not path.exists():
         return {}
     data = _read_json(path)
-    times = data.get("times", {}) if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: not a raw times file (no JSON object)")
+    times = data.get("times", {})
     if data.get("layout") == "rounds":
         return {k: [list(r) for r in v] for k, v in times.items()}
     return {k: [[t] for t in v] for k, v in times.items()}

@@ -29,6 +29,7 @@ class Side:
 
     name: str = ""
     variants_root: str | None = None
+    plugins: tuple[str, ...] | None = None  # None: the plan's plugins
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class WorkerPool:
 
     def __init__(self, plan: RunPlan, start: Callable[..., Worker] = Worker):
         self.plan, self._start = plan, start
-        self._roots = {side.name: side.variants_root for side in plan.sides}
+        self._sides = {side.name: side for side in plan.sides}
         self._workers: dict[tuple, Worker] = {}
         self._count = 0
         self._lock = threading.Lock()
@@ -165,8 +166,9 @@ class WorkerPool:
                 if worker is not None:
                     worker.close()
                 self._count += 1
-                worker = self._start(f"gw{self._count}", plugins=self.plan.plugins,
-                                     variants_root=self._roots.get(job.side))
+                side = self._sides.get(job.side, Side())
+                worker = self._start(f"gw{self._count}", variants_root=side.variants_root,
+                                     plugins=self.plan.plugins if side.plugins is None else side.plugins)
                 self._workers[key] = worker
             return worker
 
@@ -266,6 +268,9 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                 bar.advance(task, len(jobs))
     except KeyboardInterrupt:
         status = "interrupted"
+        raise
+    except BaseException as e:  # a bug must not leave the folder looking complete
+        status = f"aborted: {type(e).__name__}"
         raise
     finally:
         pool.close()

@@ -328,8 +328,6 @@ def test_report_and_compare_read_run_folders(monkeypatch, tmp_path):
     assert "practical" in result.stdout and "Mann-Whitney" in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="variants/registry.py load_plugins: a .py plugin whose import failed stays in "
-                                       "sys.modules, so loading it again in the same process is a silent no-op")
 def test_a_broken_plugin_fails_every_time_it_is_loaded(own_registry, tmp_path):
     broken = tmp_path / "broken_twice.py"
     broken.write_text("raise RuntimeError('not fixed yet')\n")

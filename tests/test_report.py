@@ -17,9 +17,11 @@ def test_rows_follow_the_ladder_whatever_the_record_order():
 def test_columns_per_framework_mode_and_batch_in_reading_order():
     table = report.paper_table(records())
     assert list(table.columns[:3]) == ["params (M)", "GFLOPs/step/stream", "state KB/stream"]
-    assert list(table.columns[3:9]) == [
+    assert list(table.columns[3:13]) == [
         "jax/jit b=1: p50 (ms)", "jax/jit b=1: p90 (ms)", "jax/jit b=1: speedup (x)",
+        "jax/jit b=1: speedup low", "jax/jit b=1: speedup high",
         "jax/jit b=4: p50 (ms)", "jax/jit b=4: p90 (ms)", "jax/jit b=4: speedup (x)",
+        "jax/jit b=4: speedup low", "jax/jit b=4: speedup high",
     ]
     assert "torch/eager b=4: speedup (x)" in table.columns
     assert "device" not in table.columns  # one machine: no device column
@@ -47,6 +49,23 @@ def test_the_runners_speedup_wins_over_a_recomputed_one():
     df = records()
     df.loc[df.variant == "practical", "speedup_vs_baseline"] = 9.0
     assert report.paper_table(df).loc["practical", "jax/jit b=1: speedup (x)"] == 9.0
+
+
+def test_text_renderings_show_each_speedup_with_its_interval_and_csv_keeps_the_ends_as_columns():
+    df = records()
+    practical = df.variant == "practical"
+    df.loc[practical, "speedup_vs_baseline"] = 2.111
+    df.loc[practical, "speedup_ci_low"] = 2.02
+    df.loc[practical, "speedup_ci_high"] = 2.204
+    markdown = report.render_table(df, "markdown")
+    row = next(line for line in markdown.splitlines() if line.startswith("| practical "))
+    assert "2.11 [2.02-2.20]" in row
+    assert "speedup low" not in markdown and "speedup high" not in markdown
+    assert "2.11 [2.02-2.20]" in report.render_table(df, "latex")
+    csv = pd.read_csv(io.StringIO(report.render_table(df, "csv")), comment="#", index_col=0)
+    assert csv.loc["practical", "jax/jit b=1: speedup low"] == pytest.approx(2.02)
+    baseline_row = next(line for line in markdown.splitlines() if line.startswith("| baseline "))
+    assert "[" not in baseline_row  # the baseline's 1.00x is exact: no interval
 
 
 def test_failed_rows_show_failed_and_keep_their_analytic_numbers():

@@ -175,8 +175,6 @@ def test_table_md_survives_records_the_report_cannot_render(tmp_path, monkeypatc
     assert math.isnan(pd.read_csv(tmp_path / "results.csv").loc[0, "latency_ms_p50"])
 
 
-@pytest.mark.xfail(strict=True, reason="bench/results.py load_raw_rounds: a raw_times.json that is valid JSON but not "
-                                       "an object raises AttributeError (data.get on a list), not ResultsError")
 def test_a_raw_times_file_that_is_not_an_object_is_a_results_error(tmp_path):
     RunWriter(tmp_path, META).add(record(), [[0.01]])
     (tmp_path / "raw_times.json").write_text("[1, 2]")

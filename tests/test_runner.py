@@ -301,8 +301,6 @@ def test_an_interrupted_run_keeps_the_finished_groups_and_says_interrupted(tmp_p
     assert all(w.closed or w.dead for w in lab.workers)
 
 
-@pytest.mark.xfail(strict=True, reason="bench/runner.py run(): the `finally` marks the folder 'complete' when an "
-                                       "unexpected exception (not KeyboardInterrupt) ends the run")
 def test_a_run_that_crashes_is_not_marked_complete(tmp_path, monkeypatch):
     lab = FakeWorkers()
     install_clock(monkeypatch, lab)

@@ -94,6 +94,7 @@ def load_plugins(refs: Iterable[str]) -> None:
     """Import modules that register more variants with `@register`: a module name ("my_pkg.variants")
     or a path to a .py file. Importing one twice is a no-op, so the parent and every worker can call this."""
     for ref in refs:
+        name = None
         try:
             if ref.endswith(".py") or Path(ref).is_file():
                 path = Path(ref).resolve()
@@ -111,4 +112,6 @@ def load_plugins(refs: Iterable[str]) -> None:
         except PluginError:
             raise
         except Exception as e:  # noqa: BLE001 - whatever the plugin raised, the user sees one line
+            if name is not None:
+                sys.modules.pop(name, None)  # so that loading it again fails again
             raise PluginError(f"plugin {ref!r} cannot be imported: {type(e).__name__}: {e}") from None
