@@ -45,6 +45,7 @@ class MeasureSettings:
     rounds: int  # interleaved rounds at least: each times every compared variant for one burst
     steps_per_round: int  # timed steps in one burst
     round_warmup: int  # untimed steps at the start of each burst (caches refill after the others ran)
+    warmup_rounds: int  # whole interleaved rounds run first and not kept (the first rounds after building run slow)
     min_time_s: float  # add rounds until every variant has this much timed step time...
     max_time_s: float  # ...unless the group's rounds have already taken this long
     timeout_s: float  # a worker that does not answer one request (build, compile, a burst) within this fails
@@ -301,6 +302,7 @@ def _measure(reader: TableReader, base: MeasureSettings | None,
         rounds=reader.positive_int("rounds", default("rounds")),
         steps_per_round=reader.positive_int("steps_per_round", default("steps_per_round")),
         round_warmup=reader.non_negative_int("round_warmup", default("round_warmup")),
+        warmup_rounds=reader.non_negative_int("warmup_rounds", default("warmup_rounds")),
         min_time_s=reader.number("min_time_s", default("min_time_s"), strict=False),
         max_time_s=reader.number("max_time_s", default("max_time_s")),
         timeout_s=reader.number("timeout_s", default("timeout_s")),

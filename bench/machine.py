@@ -189,12 +189,17 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def machine_info(framework: str | None = None) -> dict[str, Any]:
     """Threads, CPU, Python and library versions, as flat record keys."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = None
+    load = load_average()
     info: dict[str, Any] = {
         "threads": framework_threads(framework),
         "cpu_count": os.cpu_count(),

@@ -31,7 +31,6 @@ from bench.machine import DeviceUnavailableError, machine_info, resolve_device
 from bench.schema import DTYPE_BYTES, EXTRA_KEYS, RAW_STEP_KEY, RECORD_KEYS
 from bench.worker import WORKER_ENV
 
-BUSY_LOAD_PER_CORE = 1.5  # 1-min load average per usable core above which a record says the machine was busy
 
 
 def empty_record() -> dict[str, Any]:
@@ -142,9 +141,6 @@ def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int,
     try:
         record.update(machine_info(framework))
         record["worker"] = os.environ.get(WORKER_ENV)
-        if (record["load_avg_1m"] or 0) > BUSY_LOAD_PER_CORE * record["usable_cores"]:
-            notes.append(f"busy machine: load average {record['load_avg_1m']:.1f} on {record['usable_cores']} cores "
-                         "before measuring; step times include waiting for other jobs")
         record.update(analytic_columns(spec, batch, chunk_frames, dtype))
         session = adapters.load(framework).prepare(
             spec, batch=batch, chunk_frames=chunk_frames, dtype=dtype, native_device=native, mode=mode, seed=seed)

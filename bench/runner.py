@@ -83,6 +83,7 @@ class RunSummary:
     records: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
     clock_mhz: tuple[float | None, float | None] = (None, None)  # CPU clock at the start and the end, where readable
+    load_before: float | None = None  # 1-min load average when the run started: other jobs, not this run's workers
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -100,10 +101,11 @@ class RunSummary:
     def noise_line(self) -> str | None:
         """One line naming the rows whose 95% interval reaches further than +-10%, with the likely cause."""
         start, end = self.clock_mhz
-        return noise_line(self.records, clock_changed=bool(start and end and abs(end / start - 1) > 0.05))
+        return noise_line(self.records, clock_changed=bool(start and end and abs(end / start - 1) > 0.05),
+                          busy=(self.load_before or 0) > machine.usable_cores())
 
 
-def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False) -> str | None:
+def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False, busy: bool = False) -> str | None:
     wide = []
     for r in records:
         if r.get("status") != "ok":
@@ -118,8 +120,8 @@ def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False
     if not wide:
         return None
     causes = []
-    if any((r.get("load_avg_1m") or 0) > (r.get("usable_cores") or 1) for r, _, _ in wide):
-        causes.append("load average above the core count (other jobs on the machine)")
+    if busy:
+        causes.append("load average above the core count before the run (other jobs on the machine)")
     if any(too_few for _, _, too_few in wide):
         causes.append(f"fewer than {stats.MIN_ROUNDS_FOR_INTERVAL} rounds (raise [measure] rounds)")
     if any(r.get("timing_capped") for r, _, _ in wide):
@@ -244,6 +246,7 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
     rng = random.Random(seed)
     summary = RunSummary(records=writer.records)
     clock_start = machine.cpu_clock_mhz()
+    summary.load_before = machine.load_average()
     known_peaks: dict[tuple, dict[str, Any]] = {}  # (framework, device, dtype) -> peak columns, measured once
     start = time.perf_counter()
     status = "complete"
@@ -316,10 +319,12 @@ def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: Work
 
 def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: random.Random, bar, task) -> None:
     """Time every live job for a burst per round, in a fresh random order each round, until each has
-    at least `rounds` rounds and `min_time_s` of timed steps (or the group has used `max_time_s`)."""
+    at least `rounds` rounds and `min_time_s` of timed steps (or the group has used `max_time_s`).
+    The first `warmup_rounds` rounds run the same way but are not kept."""
     start = time.perf_counter()
     group.order = []
     done = 0
+    warming_up = settings.warmup_rounds
     while group.alive:
         order = list(group.alive)
         rng.shuffle(order)
@@ -329,8 +334,11 @@ def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: ran
             request = {"cmd": "time", "key": session_key(job), "steps": settings.steps_per_round,
                        "warmup": settings.round_warmup}
             reply = group.ask(pool, job, request, settings.timeout_s)
-            if reply is not None:
+            if reply is not None and warming_up == 0:
                 group.rounds[job].append(reply["step_s"])
+        if warming_up:
+            warming_up -= 1
+            continue
         done += 1
         if done < settings.rounds:
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,11 @@ def test_the_committed_bench_toml_is_valid_and_runs_the_ladder():
 
 
 def test_the_quick_preset_is_bench_tomls():
+    import tomllib
+
     quick = load_config(REPO / "bench.toml").measure_for(quick=True)
-    assert (quick.warmup_iterations, quick.rounds, quick.steps_per_round) == (2, 8, 2)
+    written = tomllib.loads((REPO / "bench.toml").read_text())["measure"]["quick"]
+    assert {key: getattr(quick, key) for key in written} == written  # every key the file sets, as it sets it
     assert quick.rounds >= 3  # enough rounds for an interval
     assert not (quick.counters or quick.second_pass or quick.roofline)
 
@@ -62,8 +66,8 @@ def test_the_repositorys_bench_toml_must_set_every_key(tmp_path, monkeypatch):
 
     shipped = tmp_path / "shipped.toml"
     text = (REPO / "bench.toml").read_text()
-    assert "\nrounds = 10\n" in text
-    shipped.write_text(text.replace("\nrounds = 10\n", "\n", 1))
+    line = re.search(r"\nrounds = \d+\n", text).group(0)  # the first: [measure]'s
+    shipped.write_text(text.replace(line, "\n", 1))
     monkeypatch.setattr(config_mod, "SHIPPED_CONFIG_PATH", shipped)
     monkeypatch.chdir(tmp_path)
     e = error_of(None)

@@ -15,8 +15,8 @@ from bench.results import RunWriter
 from bench_fakes import FakeWorkers, install_clock
 
 # No extra time: exactly `rounds` rounds unless a test asks for more.
-SETTINGS = dataclasses.replace(load_config().quick, rounds=4, steps_per_round=3, round_warmup=0, min_time_s=0.0,
-                               max_time_s=1e6, timeout_s=5.0)
+SETTINGS = dataclasses.replace(load_config().quick, rounds=4, steps_per_round=3, round_warmup=0, warmup_rounds=0,
+                               min_time_s=0.0, max_time_s=1e6, timeout_s=5.0)
 
 PLAN = runner.RunPlan(variants=("baseline", "practical"), frameworks=("jax", "torch"),
                       modes={"jax": ("jit",), "torch": ("eager", "compile")}, device="cpu", batches=(1, 64),
@@ -143,6 +143,15 @@ def test_rounds_stop_at_rounds_once_min_time_is_met(tmp_path, monkeypatch):
     _, recs = go(tmp_path, lab, plan(), settings, monkeypatch=monkeypatch)
     assert len(lab.time_keys()) == 5 * 3
     assert all(r["rounds"] == 5 and r["timing_capped"] is False for r in recs.values())
+
+
+def test_warmup_rounds_are_run_interleaved_but_not_kept(tmp_path, monkeypatch):
+    lab = FakeWorkers()
+    settings = dataclasses.replace(SETTINGS, rounds=4, warmup_rounds=2)
+    _, recs = go(tmp_path, lab, plan(variants=("baseline", "practical")), settings, monkeypatch=monkeypatch)
+    assert len(lab.time_keys()) == (2 + 4) * 2  # every round times both, the first two included
+    assert all(r["rounds"] == 4 for r in recs.values())
+    assert all(len(rounds) == 4 for rounds in results.load_raw_rounds(tmp_path).values())
 
 
 def test_rounds_go_on_past_rounds_until_every_variant_has_min_time(tmp_path, monkeypatch):
@@ -328,11 +337,12 @@ def test_the_noise_line_names_only_the_wide_rows_and_the_likely_cause():
     records = [_ok("baseline"), _ok("practical", 4.0, 3.0, 5.0, load_avg_1m=3.5, usable_cores=2),
                _ok("conv_lower", speedup_vs_baseline=2.0, speedup_ci_low=1.5, speedup_ci_high=2.1),
                {"variant": "performer", "framework": "jax", "batch": 1, "status": "failed"}]
-    line = runner.noise_line(records)
+    line = runner.noise_line(records, busy=True)
     assert line.startswith("noisy: 2 rows")
     assert "practical jax b=1 (+-25%)" in line and "conv_lower jax b=1 (+-25%)" in line
     assert "baseline" not in line and "performer" not in line
     assert "load average above the core count" in line
+    assert "load average" not in runner.noise_line(records)  # this run's own workers load the machine too
     assert runner.noise_line([_ok("baseline")]) is None
     assert "CPU clock changed" in runner.noise_line(records[1:2], clock_changed=True)
     assert "max_time_s" in runner.noise_line([_ok("practical", 4.0, 3.0, 5.0, timing_capped=True)])
