@@ -15,6 +15,7 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,26 @@ def library_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def busy_cores(seconds: float = 0.5) -> float | None:
+    """Cores' worth of CPU time other processes used over the next `seconds` (from /proc/stat), or None
+    where unreadable. Unlike the load average it does not remember a job that just ended."""
+    def ticks() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    before = ticks()
+    time.sleep(seconds)
+    after = ticks()
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
 
 
 def load_average() -> float | None:

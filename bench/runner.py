@@ -83,7 +83,7 @@ class RunSummary:
     records: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
     clock_mhz: tuple[float | None, float | None] = (None, None)  # CPU clock at the start and the end, where readable
-    load_before: float | None = None  # 1-min load average when the run started: other jobs, not this run's workers
+    busy_before: float | None = None  # cores other processes kept busy just before the run started
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -102,7 +102,7 @@ class RunSummary:
         """One line naming the rows whose 95% interval reaches further than +-10%, with the likely cause."""
         start, end = self.clock_mhz
         return noise_line(self.records, clock_changed=bool(start and end and abs(end / start - 1) > 0.05),
-                          busy=(self.load_before or 0) > machine.usable_cores())
+                          busy=(self.busy_before or 0) > 0.5)
 
 
 def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False, busy: bool = False) -> str | None:
@@ -121,7 +121,7 @@ def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False
         return None
     causes = []
     if busy:
-        causes.append("load average above the core count before the run (other jobs on the machine)")
+        causes.append("other processes were using the CPU when the run started")
     if any(too_few for _, _, too_few in wide):
         causes.append(f"fewer than {stats.MIN_ROUNDS_FOR_INTERVAL} rounds (raise [measure] rounds)")
     if any(r.get("timing_capped") for r, _, _ in wide):
@@ -246,7 +246,7 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
     rng = random.Random(seed)
     summary = RunSummary(records=writer.records)
     clock_start = machine.cpu_clock_mhz()
-    summary.load_before = machine.load_average()
+    summary.busy_before = machine.busy_cores()
     known_peaks: dict[tuple, dict[str, Any]] = {}  # (framework, device, dtype) -> peak columns, measured once
     start = time.perf_counter()
     status = "complete"
