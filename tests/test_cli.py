@@ -44,6 +44,13 @@ def assert_run_summary(result, code: int) -> str:
     return errors[0]
 
 
+def pin_quick(monkeypatch, folder: Path) -> None:
+    """Run from `folder`, whose bench.toml makes --quick exactly `rounds` rounds (no warm-up rounds, no
+    extra rounds for small steps), so a test can count the fake workers' requests."""
+    (folder / "bench.toml").write_text("[measure.quick]\nwarmup_rounds = 0\nmin_time_s = 0.0\n")
+    monkeypatch.chdir(folder)
+
+
 def load(out):
     data = json.loads((out / results.RESULTS_JSON).read_text())
     return data["meta"], data["records"]
@@ -225,6 +232,7 @@ def test_default_run_measures_the_ladder_into_a_timestamped_folder(monkeypatch, 
 
 def test_results_schema_has_every_contract_key(monkeypatch, tmp_path):
     install(monkeypatch, FakeWorkers())
+    pin_quick(monkeypatch, tmp_path)
     out = tmp_path / "run"
     result = invoke("run", "--variant", "baseline,practical", "--batch", "1", "--out", str(out), "--quick")
     assert result.exit_code == 0, result.output
@@ -234,7 +242,7 @@ def test_results_schema_has_every_contract_key(monkeypatch, tmp_path):
         assert "raw_step_s" not in record  # raw times live in raw_times.json
     csv = pd.read_csv(out / results.RESULTS_CSV)
     assert list(csv.columns[: len(RECORD_KEYS)]) == list(RECORD_KEYS)
-    quick = load_config().quick
+    quick = load_config().quick  # ./bench.toml's, over the repository's
     rounds = results.load_raw_rounds(out)
     assert set(rounds) == {raw_key(r) for r in records}
     assert all(len(r) == quick.rounds and all(len(b) == quick.steps_per_round for b in r) for r in rounds.values())
@@ -267,6 +275,7 @@ def test_failed_variants_are_recorded_and_the_run_goes_on_then_exits_1(monkeypat
 
 
 def test_an_interrupted_run_keeps_what_it_measured(monkeypatch, tmp_path):
+    pin_quick(monkeypatch, tmp_path)
     rounds = load_config().quick.rounds
     # Ctrl-C in the third round of the second group (jax batch 64), before any timing of torch
     install(monkeypatch, FakeWorkers(interrupt_at=2 * rounds + 5))
@@ -289,7 +298,7 @@ def test_flags_override_the_config(monkeypatch, tmp_path):
     install(monkeypatch, fake)
     config = tmp_path / "bench.toml"
     config.write_text('[run]\nvariants = "baseline"\nframeworks = ["jax"]\nbatches = [2]\nchunk_frames = 12\n'
-                      '[measure.quick]\nrounds = 7\n')
+                      '[measure.quick]\nrounds = 7\nwarmup_rounds = 0\nmin_time_s = 0.0\n')
     result = invoke("run", "--config", str(config), "--out", str(tmp_path / "a"))
     assert result.exit_code == 0, result.output
     assert [(c["variant"], c["framework"], c["batch"], c["chunk_frames"]) for c in fake.calls] == [("baseline", "jax", 2, 12)]
