@@ -171,16 +171,13 @@ def run_cmd(
       bench run --variant 'conv*' --device gpu --out reports/runs/gpu-test
       bench run --device tpu --framework jax --dtype bfloat16
     """
-    from bench import machine, report, results, runner
+    from bench import report, results, runner
 
     with _user_errors():
         cfg = load_config(config)
         run = apply_flags(cfg, variant=variant, framework=framework, batch=batch, chunk=chunk, torch_mode=torch_modes,
                           dtype=dtype, device=device, out=out, machine_tag=machine_tag, plugins=tuple(plugin or ()))
-        machine.check_available(run.device, run.frameworks)
-        out_dir = Path(run.out_dir)
-        if (out_dir / results.RESULTS_JSON).exists():
-            raise UsageProblem(f"--out {out_dir} already holds a run; choose another folder")
+        out_dir = _new_run_folder(run)
         plan = runner.RunPlan.from_config(run)
         meta = runner.run_metadata(cfg.as_used(run, quick), machine_tag=run.machine_tag)
         writer = results.RunWriter(out_dir, meta, table_md=report.run_table_markdown)
@@ -196,6 +193,17 @@ def run_cmd(
         typer.echo(noise)
     if summary.failed:
         _fail(summary.failure_line(), code=EXIT_FAILED)
+
+
+def _new_run_folder(run) -> Path:
+    """The run's folder, once its device is known to be here and the folder holds no run yet."""
+    from bench import machine, results
+
+    machine.check_available(run.device, run.frameworks)
+    out_dir = Path(run.out_dir)
+    if (out_dir / results.RESULTS_JSON).exists():
+        raise UsageProblem(f"--out {out_dir} already holds a run; choose another folder")
+    return out_dir
 
 
 @app.command("ab")
@@ -230,7 +238,7 @@ def ab_cmd(
       bench ab main HEAD --quick              # CI: this commit against main
       bench ab v1.0 --variant practical --framework jax --batch 1 --threshold 0.05
     """
-    from bench import ab, machine, report, results, runner
+    from bench import ab, report, results, runner
 
     with _user_errors():
         if threshold is not None and not 0 < threshold < 10:
@@ -244,10 +252,7 @@ def ab_cmd(
         if out is None:
             run = replace(run, out_dir=str(Path(run.out_dir).with_name(Path(run.out_dir).name.replace(
                 f"-{run.device}", f"-ab-{run.device}"))))
-        machine.check_available(run.device, run.frameworks)
-        out_dir = Path(run.out_dir)
-        if (out_dir / results.RESULTS_JSON).exists():
-            raise UsageProblem(f"--out {out_dir} already holds a run; choose another folder")
+        out_dir = _new_run_folder(run)
         limit = threshold if threshold is not None else cfg.ab.threshold
     head_label = head_commit[:12] if head_commit else "working tree"
     with contextlib.ExitStack() as stack, _user_errors():
