@@ -1,5 +1,6 @@
 """Benchmark harness for streaming speech encoders: measure a (variant, framework, device, batch) and report it.
 
-`bench.measure.measure` is the one entry point of the measurement core; framework code lives only in
-`bench.adapters`, imported when a measurement needs it, so importing `bench` stays instant.
+`bench.runner.run` measures a plan in worker processes (`bench.worker`), each driving `bench.measure`;
+framework code lives only in `bench.adapters`, imported when a measurement needs it, so importing
+`bench` stays instant.
 """

@@ -360,7 +360,9 @@ def _plugins(run: TableReader, default: tuple[str, ...]) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise run.error("plugins", f"expected a list of module names or .py paths, got {value!r}")
     folder = run.path.parent if run.path is not None else Path.cwd()
-    return tuple(str((folder / v).resolve()) if v.endswith(".py") else v for v in value)
+    from variants.registry import is_plugin_file
+
+    return tuple(str((folder / v).resolve()) if is_plugin_file(str(folder / v)) else v for v in value)
 
 
 def _ab(reader: TableReader, base: AbSettings | None) -> AbSettings:
@@ -492,4 +494,6 @@ def apply_flags(config: Config, *, variant: str | None = None, framework: str | 
 
 def plugin_refs(refs: tuple[str, ...]) -> tuple[str, ...]:
     """--plugin values as workers can import them from any folder: a .py path made absolute."""
-    return tuple(str(Path(r).resolve()) if r.endswith(".py") or Path(r).is_file() else r for r in refs)
+    from variants.registry import is_plugin_file
+
+    return tuple(str(Path(r).resolve()) if is_plugin_file(r) else r for r in refs)

@@ -23,7 +23,8 @@ from typing import Any
 from bench.schema import DEVICES, FRAMEWORKS
 
 LIBRARIES = ("numpy", "jax", "jaxlib", "flax", "torch", "torch_xla", "fvcore")
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
+THREAD_COUNT_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")  # what sizes a thread pool
+THREAD_ENV_VARS = (*THREAD_COUNT_VARS, "XLA_FLAGS")  # recorded in a run's metadata
 
 
 class DeviceUnavailableError(RuntimeError):

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench.schema import BASELINE, DTYPES, FRAMEWORKS, MODES
-from bench.table import device_labels, num, ok_mask, variant_order, with_speedup
+from bench.table import device_labels, format_ratio, num, ok_mask, variant_order, with_speedup
 
 FAILED = "failed"
 
@@ -184,8 +184,7 @@ def _formatted(table: pd.DataFrame, na: str) -> pd.DataFrame:
 
         def fmt(v, decimals=decimals):
             if isinstance(v, tuple):  # (speedup, low, high)
-                value, lo, hi = v
-                return f"{value:.2f} [{lo:.2f}-{hi:.2f}]"
+                return format_ratio(*v, unit="")
             if isinstance(v, str):
                 return v
             if v is None or (isinstance(v, float) and math.isnan(v)):

@@ -259,7 +259,7 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                     _prepare(group, plan, settings, pool, known_peaks, bar, task)
                     _rounds(group, settings, pool, rng, bar, task)
                 finally:  # an interrupted group still keeps every round it timed
-                    for job, record in _finish(group, plan, settings).items():
+                    for job, record in _finish(group, settings).items():
                         writer.add(record, group.rounds[job])
                         bar.console.print(_done_line(record, job), highlight=False)
                     for job in group.alive:
@@ -350,7 +350,7 @@ def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: ran
             break
 
 
-def _finish(group: _Group, plan: RunPlan, settings: MeasureSettings) -> dict[Job, dict[str, Any]]:
+def _finish(group: _Group, settings: MeasureSettings) -> dict[Job, dict[str, Any]]:
     """Final records of a group: latency statistics from the rounds, then the speedups with intervals."""
     out: dict[Job, dict[str, Any]] = {}
     for job in group.jobs:

@@ -112,13 +112,14 @@ def _setting(record: Mapping[str, Any]) -> tuple:
     return tuple(record.get(k) for k in SETTING_FIELDS)
 
 
-def format_ratio(estimate: float | None, low: float | None = None, high: float | None = None) -> str:
-    """'2.11x [2.02-2.20]': a ratio and its 95% interval (the bare ratio when there is none)."""
+def format_ratio(estimate: float | None, low: float | None = None, high: float | None = None, unit: str = "x") -> str:
+    """'2.11x [2.02-2.20]': a ratio and its 95% interval (the bare ratio when there is none); `unit=""`
+    where a column header already says "(x)"."""
     if estimate is None or not np.isfinite(estimate):
         return "–"
     if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
-        return f"{estimate:.2f}x"
-    return f"{estimate:.2f}x [{low:.2f}-{high:.2f}]"
+        return f"{estimate:.2f}{unit}"
+    return f"{estimate:.2f}{unit} [{low:.2f}-{high:.2f}]"
 
 
 def device_labels(df: pd.DataFrame) -> pd.Series:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 WORKER_ENV = "BENCH_WORKER"  # set to the worker's id in every worker, as pytest-xdist sets PYTEST_XDIST_WORKER
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_GRACE_S = 5.0
 
@@ -41,13 +40,15 @@ class Worker:
     def __init__(self, worker_id: str, *, plugins: Sequence[str] = (), variants_root: str | Path | None = None,
                  threads: int | None = None):
         self.id = worker_id
-        from bench.machine import usable_cores
+        # here, not at the top: bench.machine imports variants, which a worker must import only after
+        # putting its revision's checkout first on sys.path (main)
+        from bench.machine import THREAD_COUNT_VARS, usable_cores
 
         threads = threads or usable_cores()
         env = dict(os.environ)
         env[WORKER_ENV] = worker_id
         # thread pools are sized when a framework loads, so the count must be in the environment first
-        env.update({var: env.get(var, str(threads)) for var in THREAD_ENV_VARS})
+        env.update({var: env.get(var, str(threads)) for var in THREAD_COUNT_VARS})
         args = [sys.executable, "-m", "bench.worker"]
         for plugin in plugins:
             args += ["--plugin", str(plugin)]

@@ -90,13 +90,18 @@ class PluginError(ImportError):
     """A plugin that cannot be imported; str() is one line naming it."""
 
 
+def is_plugin_file(ref: str) -> bool:
+    """A plugin named by a .py path (else by a module name)."""
+    return ref.endswith(".py") or Path(ref).is_file()
+
+
 def load_plugins(refs: Iterable[str]) -> None:
     """Import modules that register more variants with `@register`: a module name ("my_pkg.variants")
     or a path to a .py file. Importing one twice is a no-op, so the parent and every worker can call this."""
     for ref in refs:
         name = None
         try:
-            if ref.endswith(".py") or Path(ref).is_file():
+            if is_plugin_file(ref):
                 path = Path(ref).resolve()
                 name = f"bench_plugin_{path.stem}_{abs(hash(str(path))):x}"
                 if name in sys.modules:
