@@ -28,6 +28,7 @@ FrameworkFlag = Annotated[Optional[str], typer.Option("--framework", "-f", help=
 BatchFlag = Annotated[Optional[str], typer.Option("--batch", "-b", help="Comma-separated batch sizes, e.g. 1,64. [default: bench.toml run.batches]")]
 ChunkFlag = Annotated[Optional[int], typer.Option("--chunk", "-c", help="Input frames (10 ms) per streaming step. [default: bench.toml run.chunk_frames]")]
 TorchModeFlag = Annotated[Optional[str], typer.Option("--torch-mode", help="eager, compile or eager,compile. [default: bench.toml run.torch_modes]")]
+PrecisionFlag = Annotated[Optional[str], typer.Option("--precision", help="float32 matmul precision in every framework: highest, high or default (see README). [default: bench.toml run.precision]")]
 DtypeFlag = Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16 (what accelerators serve in). [default: bench.toml run.dtype]")]
 ConfigFlag = Annotated[Optional[Path], typer.Option("--config", help="Config file. [default: ./bench.toml if present]")]
 QuickFlag = Annotated[bool, typer.Option("--quick", help="Few repetitions (bench.toml [measure.quick]): smoke runs and CI.")]
@@ -148,6 +149,7 @@ def run_cmd(
     chunk: ChunkFlag = None,
     torch_modes: TorchModeFlag = None,
     dtype: DtypeFlag = None,
+    precision: PrecisionFlag = None,
     config: ConfigFlag = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create. [default: reports/runs/<UTC time>-<device>/]")] = None,
     quick: QuickFlag = False,
@@ -171,14 +173,15 @@ def run_cmd(
       bench run --variant 'conv*' --device gpu --out reports/runs/gpu-test
       bench run --device tpu --framework jax --dtype bfloat16
     """
-    from bench import report, results, runner
+    from bench import machine, report, results, runner
 
     with _user_errors():
         cfg = load_config(config)
         run = apply_flags(cfg, variant=variant, framework=framework, batch=batch, chunk=chunk, torch_mode=torch_modes,
-                          dtype=dtype, device=device, out=out, machine_tag=machine_tag, plugins=tuple(plugin or ()))
-        out_dir = _new_run_folder(run)
-        plan = runner.RunPlan.from_config(run)
+                          dtype=dtype, precision=precision, device=device, out=out, machine_tag=machine_tag, plugins=tuple(plugin or ()))
+        run = _runnable(run, framework_named=framework is not None)
+        out_dir = Path(run.out_dir)
+        plan = replace(runner.RunPlan.from_config(run), device_name=machine.run_device_name(run.device, run.frameworks))
         meta = runner.run_metadata(cfg.as_used(run, quick), machine_tag=run.machine_tag)
         writer = results.RunWriter(out_dir, meta, table_md=report.run_table_markdown)
     typer.echo(f"bench: {len(plan.jobs())} measurements -> {out_dir}", err=True)
@@ -195,15 +198,19 @@ def run_cmd(
         _fail(summary.failure_line(), code=EXIT_FAILED)
 
 
-def _new_run_folder(run) -> Path:
-    """The run's folder, once its device is known to be here and the folder holds no run yet."""
+def _runnable(run, framework_named: bool):
+    """The run with only the frameworks that can use its device, and the folder checked to hold no run.
+
+    A framework the user named (`--framework`) that cannot use the device, or a device that no
+    framework has, is an error (exit 2); a default framework that cannot is left out with one line."""
     from bench import machine, results
 
-    machine.check_available(run.device, run.frameworks)
-    out_dir = Path(run.out_dir)
-    if (out_dir / results.RESULTS_JSON).exists():
-        raise UsageProblem(f"--out {out_dir} already holds a run; choose another folder")
-    return out_dir
+    frameworks, skipped = machine.frameworks_on(run.device, run.frameworks, named=framework_named)
+    for line in skipped:
+        typer.echo(f"bench: {line}", err=True)
+    if (Path(run.out_dir) / results.RESULTS_JSON).exists():
+        raise UsageProblem(f"--out {run.out_dir} already holds a run; choose another folder")
+    return replace(run, frameworks=frameworks)
 
 
 @app.command("ab")
@@ -217,6 +224,7 @@ def ab_cmd(
     chunk: ChunkFlag = None,
     torch_modes: TorchModeFlag = None,
     dtype: DtypeFlag = None,
+    precision: PrecisionFlag = None,
     config: ConfigFlag = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create. [default: reports/runs/<UTC time>-ab-<device>/]")] = None,
     quick: QuickFlag = False,
@@ -238,7 +246,7 @@ def ab_cmd(
       bench ab main HEAD --quick              # CI: this commit against main
       bench ab v1.0 --variant practical --framework jax --batch 1 --threshold 0.05
     """
-    from bench import ab, report, results, runner
+    from bench import ab, machine, report, results, runner
 
     with _user_errors():
         if threshold is not None and not 0 < threshold < 10:
@@ -248,11 +256,15 @@ def ab_cmd(
         base_commit = ab.resolve_revision(repo, base)
         head_commit = ab.resolve_revision(repo, head) if head is not None else None
         run = apply_flags(cfg, variant=variant, framework=framework, batch=batch, chunk=chunk, torch_mode=torch_modes,
-                          dtype=dtype, device=device, out=out, plugins=tuple(plugin or ()))
+                          dtype=dtype, precision=precision, device=device, out=out, plugins=tuple(plugin or ()))
         if out is None:
             run = replace(run, out_dir=str(Path(run.out_dir).with_name(Path(run.out_dir).name.replace(
                 f"-{run.device}", f"-ab-{run.device}"))))
-        out_dir = _new_run_folder(run)
+        if run.device in machine.EXCLUSIVE_DEVICES:
+            raise UsageProblem(f"bench ab times two revisions in two processes at once, and a {run.device} opens in one "
+                               f"process at a time; run `bench run` on each revision and `bench compare` the folders")
+        run = _runnable(run, framework_named=framework is not None)
+        out_dir = Path(run.out_dir)
         limit = threshold if threshold is not None else cfg.ab.threshold
     head_label = head_commit[:12] if head_commit else "working tree"
     with contextlib.ExitStack() as stack, _user_errors():
@@ -260,7 +272,8 @@ def ab_cmd(
         head_root = stack.enter_context(ab.checkout(repo, head_commit)) if head_commit else repo
         sides = tuple(runner.Side(name, str(root), ab.side_plugins(run.plugins, repo, root))
                       for name, root in (("base", base_root), ("head", head_root)))
-        plan = runner.RunPlan.from_config(run, sides=sides)
+        plan = replace(runner.RunPlan.from_config(run, sides=sides),
+                       device_name=machine.run_device_name(run.device, run.frameworks))
         meta = runner.run_metadata(cfg.as_used(run, quick), machine_tag=run.machine_tag)
         meta["ab"] = {"base": base_commit, "head": head_commit or "working tree", "threshold": limit}
         writer = results.RunWriter(out_dir, meta, table_md=report.run_table_markdown)

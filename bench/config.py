@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.schema import DEVICES, DTYPES, FRAMEWORKS, MODES
+from bench.schema import DEVICES, DTYPES, FRAMEWORKS, MODES, PRECISIONS
 
 DEFAULT_CONFIG_PATH = Path("bench.toml")  # the user's, in the folder `bench` runs from
 # The repository's bench.toml holds every default and preset; a user's file only overrides keys of it.
@@ -65,6 +65,7 @@ class RunConfig:
     batches: tuple[int, ...]
     chunk_frames: int  # 10 ms input frames per streaming step
     dtype: str
+    precision: str  # how float32 matmuls compute (bench.schema.PRECISIONS), the same in every framework
     torch_modes: tuple[str, ...]
     jax_modes: tuple[str, ...] = MODES["jax"]
     out_dir: str  # a run writes <out_dir>/<UTC time>-<device>/, or exactly the folder `--out` names
@@ -338,6 +339,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None, text: str = "",
         batches=run.positive_ints("batches", default("batches")),
         chunk_frames=run.positive_int("chunk_frames", default("chunk_frames")),
         dtype=run.string("dtype", default("dtype"), DTYPES),
+        precision=run.string("precision", default("precision"), PRECISIONS),
         torch_modes=run.strings("torch_modes", default("torch_modes"), MODES["torch"]),
         jax_modes=run.strings("jax_modes", MODES["jax"] if base is None else base.run.jax_modes, MODES["jax"]),
         out_dir=run.string("out_dir", default("out_dir")),
@@ -458,7 +460,8 @@ def _default_out(base: str, device: str) -> Path:
 
 def apply_flags(config: Config, *, variant: str | None = None, framework: str | None = None,
                 batch: str | None = None, chunk: int | None = None, torch_mode: str | None = None,
-                dtype: str | None = None, device: str | None = None, out: Path | None = None,
+                dtype: str | None = None, precision: str | None = None, device: str | None = None,
+                out: Path | None = None,
                 machine_tag: str | None = None, plugins: tuple[str, ...] = ()) -> RunConfig:
     """The run `bench run` makes: `config.run` with each flag given (None: not given) in its place.
 
@@ -482,12 +485,14 @@ def apply_flags(config: Config, *, variant: str | None = None, framework: str | 
             raise FlagError(f"--torch-mode {torch_mode!r}: choose from {', '.join(MODES['torch'])}")
     if dtype is not None and dtype not in DTYPES:
         raise FlagError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise FlagError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     device = device if device is not None else run.device
     if device not in DEVICES:
         raise FlagError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
     return dataclasses.replace(
         run, variants=",".join(names), frameworks=frameworks, batches=batches, chunk_frames=chunk_frames,
-        torch_modes=torch_modes, dtype=dtype or run.dtype, device=device,
+        torch_modes=torch_modes, dtype=dtype or run.dtype, precision=precision or run.precision, device=device,
         out_dir=str(out if out is not None else _default_out(run.out_dir, device)),
         machine_tag=machine_tag or run.machine_tag, plugins=plugins)
 

@@ -4,12 +4,17 @@ about the host (CPU, cores, threads, library versions, the git commit of this co
 Nothing is hard-coded to CPU: JAX devices come from `jax.devices(platform)`, PyTorch's from CUDA
 (gpu) and torch_xla (tpu, only when installed). Asking for a device that is not there raises
 `DeviceUnavailableError`, whose one-line message lists what is available.
+
+The parent of a run never opens an accelerator itself: `available_devices` asks each framework in a
+child process of its own, because a process that initialises JAX's GPU backend takes most of the GPU's
+memory, and one that opens a TPU holds it until it exits (a TPU opens in one process at a time).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
 import socket
@@ -22,9 +27,24 @@ from typing import Any
 
 from bench.schema import DEVICES, FRAMEWORKS
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("numpy", "jax", "jaxlib", "flax", "torch", "torch_xla", "fvcore")
 THREAD_COUNT_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")  # what sizes a thread pool
 THREAD_ENV_VARS = (*THREAD_COUNT_VARS, "XLA_FLAGS")  # recorded in a run's metadata
+# Set in every worker (unless the user set it): several workers share one GPU (a variant each, both
+# frameworks), and JAX would otherwise take 75% of its memory in the first one to start.
+WORKER_DEVICE_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+# Devices one process at a time may open (libtpu): a run there keeps one worker per framework, and
+# frameworks take turns, never two processes on the device at once.
+EXCLUSIVE_DEVICES = ("tpu",)
+PROBE_TIMEOUT_S = 180.0
+# What to do when a framework cannot see a device, for the skip line (README: "Running on GPU/TPU").
+ENABLE_HINTS = {
+    ("jax", "gpu"): "pip install 'jax[cuda12]' (README: Running on GPU)",
+    ("jax", "tpu"): "pip install 'jax[tpu]' (README: Running on TPU)",
+    ("torch", "gpu"): "install a CUDA build of torch (README: Running on GPU)",
+    ("torch", "tpu"): "use an environment with torch_xla and its matching torch (README: Running on TPU)",
+}
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -76,30 +96,74 @@ def _torch_device(kind: str):
 
 
 # ---- devices ---------------------------------------------------------------------------------
-def available_devices(frameworks: tuple[str, ...] = FRAMEWORKS) -> dict[str, list[str]]:
-    """Device kinds each framework can use here, e.g. {"jax": ["cpu"], "torch": ["cpu", "gpu"]}."""
-    out: dict[str, list[str]] = {}
-    for framework in frameworks:
-        kinds = []
-        for kind in DEVICES:
-            try:
-                found = _jax_devices(kind) if framework == "jax" else _torch_device(kind) is not None
-            except ImportError:
-                found = False
-            if found:
-                kinds.append(kind)
-        out[framework] = kinds
+def devices_here(framework: str) -> dict[str, str]:
+    """Device kinds `framework` can use -> the device's name, asked in this process (which then holds
+    what it opened)."""
+    found = {}
+    for kind in DEVICES:
+        try:
+            native = (_jax_devices(kind) or [None])[0] if framework == "jax" else _torch_device(kind)
+        except ImportError:
+            native = None
+        if native is not None:
+            found[kind] = device_name(native)
+    return found
+
+
+@lru_cache(maxsize=8)
+def probe_devices(frameworks: tuple[str, ...] = FRAMEWORKS) -> dict[str, dict[str, str]]:
+    """`devices_here` of each framework, each asked in a child process of its own (they run at once),
+    so this process opens nothing."""
+    code = "import json, sys; from bench.machine import devices_here; print(json.dumps(devices_here(sys.argv[1])))"
+    env = {**os.environ, **WORKER_DEVICE_ENV}
+    children = {fw: subprocess.Popen([sys.executable, "-c", code, fw], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, cwd=REPO_ROOT, env=env)
+                for fw in frameworks}
+    out: dict[str, dict[str, str]] = {}
+    for fw, child in children.items():
+        try:
+            stdout, _ = child.communicate(timeout=PROBE_TIMEOUT_S)
+            out[fw] = dict(json.loads(stdout.strip().splitlines()[-1])) if child.returncode == 0 else {}
+        except (subprocess.TimeoutExpired, ValueError, IndexError):
+            child.kill()
+            child.wait()
+            out[fw] = {}
     return out
 
 
-def check_available(device: str, frameworks: tuple[str, ...]) -> None:
-    """DeviceUnavailableError (one line, naming what each framework has) unless every framework has `device`."""
-    available = available_devices(frameworks)
-    missing = [fw for fw in frameworks if device not in available.get(fw, [])]
-    if missing:
-        here = "; ".join(f"{fw}: {', '.join(kinds) or 'none'}" for fw, kinds in available.items())
-        raise DeviceUnavailableError(
-            f"device {device!r} is not available to {', '.join(missing)} on this machine; available: {here}")
+def available_devices(frameworks: tuple[str, ...] = FRAMEWORKS) -> dict[str, list[str]]:
+    """Device kinds each framework can use here, e.g. {"jax": ["cpu"], "torch": ["cpu", "gpu"]}."""
+    return {fw: list(kinds) for fw, kinds in probe_devices(tuple(frameworks)).items()}
+
+
+def run_device_name(device: str, frameworks: tuple[str, ...]) -> str | None:
+    """One name for `device` across the frameworks of a run, so reports merge their rows: the most
+    specific any of them gives (JAX names a TPU's generation; torch_xla only says "TPU")."""
+    names = [kinds[device] for kinds in probe_devices(tuple(frameworks)).values() if device in kinds]
+    return max(names, key=lambda n: (not n.startswith("torch_xla"), len(n)), default=None)
+
+
+def _unavailable(device: str, missing: list[str], available: dict[str, list[str]]) -> DeviceUnavailableError:
+    here = "; ".join(f"{fw}: {', '.join(kinds) or 'none'}" for fw, kinds in available.items())
+    return DeviceUnavailableError(
+        f"device {device!r} is not available to {', '.join(missing)} on this machine; available: {here}")
+
+
+def frameworks_on(device: str, frameworks: tuple[str, ...], named: bool) -> tuple[tuple[str, ...], list[str]]:
+    """The frameworks of a run that can use `device`, and one line per framework left out saying why
+    and how to enable it.
+
+    `named`: the user asked for these frameworks by name (`--framework`), so a missing one is an
+    error (DeviceUnavailableError), not a skip. A device no framework has is always an error."""
+    available = available_devices(tuple(frameworks))
+    usable = tuple(fw for fw in frameworks if device in available.get(fw, []))
+    missing = [fw for fw in frameworks if fw not in usable]
+    if not usable or (missing and named):
+        raise _unavailable(device, missing, available)
+    skipped = [f"skipping {fw} on {device}: {fw} sees {', '.join(available.get(fw, [])) or 'no device'} here; "
+               f"to measure it, {ENABLE_HINTS.get((fw, device), 'install its build for this device')}"
+               for fw in missing]
+    return usable, skipped
 
 
 def resolve_device(framework: str, device: str) -> Any:
@@ -113,17 +177,24 @@ def resolve_device(framework: str, device: str) -> Any:
     else:
         native = _torch_device(device)
     if native is None:
-        available = available_devices((framework,))[framework]
+        available = list(devices_here(framework))
         raise DeviceUnavailableError(
             f"device {device!r} is not available to {framework} on this machine; "
             f"available: {', '.join(available) or 'none'}")
     return native
 
 
+# JAX's TPU kinds as Google Cloud names the chips (a v5e reports itself as "TPU v5 lite").
+TPU_NAMES = {"TPU v5 lite": "TPU v5e", "TPU v5": "TPU v5p", "TPU v6 lite": "TPU v6e"}
+
+
 def device_name(native: Any) -> str:
-    """A human name for a native device: the CPU model, the GPU name, or the TPU kind."""
+    """A human name for a native device: the CPU model, the GPU name (CUDA's, the same in both
+    frameworks), or the TPU generation."""
     if getattr(native, "platform", None) is not None:  # jax.Device
-        return cpu_name() if native.platform == "cpu" else str(native.device_kind)
+        if native.platform == "cpu":
+            return cpu_name()
+        return TPU_NAMES.get(str(native.device_kind), str(native.device_kind))
     kind = getattr(native, "type", None)  # torch.device
     if kind == "cpu":
         return cpu_name()
@@ -132,8 +203,20 @@ def device_name(native: Any) -> str:
 
         return torch.cuda.get_device_name(native)
     if kind == "xla":
-        return f"torch_xla {_torch_xla_type()}"
+        return tpu_name_from_accelerator_type(os.environ.get("TPU_ACCELERATOR_TYPE")) or f"torch_xla {_torch_xla_type()}"
     return str(native)
+
+
+def tpu_name_from_accelerator_type(accelerator_type: str | None) -> str | None:
+    """A Cloud TPU accelerator type ("v5litepod-8", "v4-8", "v6e-4") as the chip's name ("TPU v5e"), or None.
+
+    torch_xla has no public call that names the chip; Cloud TPU hosts give the type in
+    TPU_ACCELERATOR_TYPE. Without it a torch-only TPU run says "torch_xla TPU", and a run of both
+    frameworks takes JAX's name for both (run_device_name)."""
+    if not accelerator_type:
+        return None
+    generation = accelerator_type.split("-")[0].replace("litepod", "e")
+    return f"TPU {generation}" if generation.startswith("v") else None
 
 
 # ---- the host --------------------------------------------------------------------------------
@@ -258,7 +341,7 @@ def environment() -> dict[str, Any]:
 
 def git_info(repo: str | Path | None = None) -> dict[str, Any]:
     """Commit and dirtiness of the checkout holding this code (None outside a git checkout)."""
-    cwd = Path(repo) if repo is not None else Path(__file__).resolve().parent.parent
+    cwd = Path(repo) if repo is not None else REPO_ROOT
 
     def git(*args: str) -> str | None:
         try:

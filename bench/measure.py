@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 from bench import roofline, stats, timing
 from bench.config import MeasureSettings, load_config
 from bench.machine import DeviceUnavailableError, machine_info, resolve_device
-from bench.schema import DTYPE_BYTES, EXTRA_KEYS, RAW_STEP_KEY, RECORD_KEYS
+from bench.schema import DTYPE_BYTES, EXTRA_KEYS, PRECISIONS, RAW_STEP_KEY, RECORD_KEYS
 from bench.worker import WORKER_ENV
 
 
@@ -52,7 +52,7 @@ def one_line_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def analytic_columns(spec, batch: int, chunk_frames: int, dtype: str) -> dict[str, Any]:
+def analytic_columns(spec, batch: int, chunk_frames: int, dtype: str, precision: str = PRECISIONS[0]) -> dict[str, Any]:
     """Everything the spec alone determines: parameters, state bytes, MACs/FLOPs, bytes per step.
 
     bytes_per_step = first-pass weights read + state read + state written, at `dtype` (the bool
@@ -80,7 +80,8 @@ def analytic_columns(spec, batch: int, chunk_frames: int, dtype: str) -> dict[st
         "bytes_per_step": bytes_per_step, "arithmetic_intensity": 2 * macs / bytes_per_step,
         "second_pass_macs_per_segment": analytic.second_pass_macs_per_segment(spec, batch),
         "audio_s_per_step": audio_s,
-        **{f"roofline_ms_{k}": v for k, v in roofline.predict_latency_ms(2 * macs, bytes_per_step, dtype).items()},
+        **{f"roofline_ms_{k}": v for k, v in roofline.predict_latency_ms(2 * macs, bytes_per_step, dtype,
+                                                                                     precision).items()},
     }
 
 
@@ -108,7 +109,8 @@ class Prepared:
 
 
 def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int, *, dtype: str = "float32",
-            mode: str | None = None, settings: MeasureSettings | Mapping[str, Any] | None = None, seed: int = 0,
+            precision: str = PRECISIONS[0], mode: str | None = None,
+            settings: MeasureSettings | Mapping[str, Any] | None = None, seed: int = 0,
             known_peaks: Mapping[str, Any] | None = None) -> Prepared:
     """Build and compile one streaming step of `variant` (a registered name or an EncoderSpec), check
     it, count its FLOPs, warm it up and time the cascade's second pass; the record has status
@@ -127,13 +129,15 @@ def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int,
     mode = adapters.resolve_mode(framework, mode)
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype={dtype!r} is not one of {tuple(DTYPE_BYTES)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}")
     if batch < 1 or chunk_frames < 1:
         raise ValueError(f"batch={batch} and chunk_frames={chunk_frames} must be >= 1")
 
     record = empty_record()
     del record[RAW_STEP_KEY]
     record.update(variant=variant if isinstance(variant, str) else _variant_name(spec), framework=framework,
-                  mode=mode, device=device, dtype=dtype, batch=batch, chunk_frames=chunk_frames,
+                  mode=mode, device=device, dtype=dtype, precision=precision, batch=batch, chunk_frames=chunk_frames,
                   warmup_iterations=settings.warmup_iterations)
     native = resolve_device(framework, device)  # DeviceUnavailableError propagates
     notes: list[str] = []
@@ -141,11 +145,13 @@ def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int,
     try:
         record.update(machine_info(framework))
         record["worker"] = os.environ.get(WORKER_ENV)
-        record.update(analytic_columns(spec, batch, chunk_frames, dtype))
+        record.update(analytic_columns(spec, batch, chunk_frames, dtype, precision))
         session = adapters.load(framework).prepare(
-            spec, batch=batch, chunk_frames=chunk_frames, dtype=dtype, native_device=native, mode=mode, seed=seed)
+            spec, batch=batch, chunk_frames=chunk_frames, dtype=dtype, native_device=native, mode=mode, seed=seed,
+            precision=precision)
         enc = session.encoder
-        record.update(device_name=session.device_name, compile_s=session.compile_s, params=enc.num_params())
+        record.update(device_name=session.device_name, compile_s=session.compile_s, params=enc.num_params(),
+                      precision_applied=session.precision_applied)
         if record["params"] != record["params_analytic"]:
             notes.append(f"model has {record['params']} parameters, the spec's formula {record['params_analytic']}")
 
@@ -228,13 +234,14 @@ def finish(record: Mapping[str, Any], rounds: Sequence[Sequence[float]], setting
 
 
 def measure(variant, framework: str, device: str, batch: int, chunk_frames: int, *, dtype: str = "float32",
-            mode: str | None = None, settings: MeasureSettings | None = None, seed: int = 0) -> dict[str, Any]:
+            precision: str = PRECISIONS[0], mode: str | None = None, settings: MeasureSettings | None = None,
+            seed: int = 0) -> dict[str, Any]:
     """prepare, `settings.rounds` bursts and finish in this process: one complete record, with its raw
     per-step seconds under RAW_STEP_KEY. `bench run` spreads the same steps over worker processes and
     interleaved rounds instead; this is for tests and for timing one variant from Python."""
     settings = _settings(settings)
-    prepared = prepare(variant, framework, device, batch, chunk_frames, dtype=dtype, mode=mode, settings=settings,
-                       seed=seed)
+    prepared = prepare(variant, framework, device, batch, chunk_frames, dtype=dtype, precision=precision, mode=mode,
+                       settings=settings, seed=seed)
     if prepared.session is None:
         return prepared.record | {RAW_STEP_KEY: []}
     rounds: list[list[float]] = []

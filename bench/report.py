@@ -39,7 +39,7 @@ def _setting_columns(df: pd.DataFrame) -> list[str]:
     """The axes that split a variant's row into column groups: framework, mode, batch, and dtype or
     chunk size only when the data holds more than one of them."""
     cols = [c for c in ("framework", "mode") if c in df]
-    cols += [c for c in ("dtype", "chunk_frames") if c in df and df[c].nunique(dropna=True) > 1]
+    cols += [c for c in ("dtype", "precision", "chunk_frames") if c in df and df[c].nunique(dropna=True) > 1]
     if "batch" in df:
         cols.append("batch")
     return cols
@@ -50,6 +50,8 @@ def _setting_label(setting: Mapping) -> str:
     rest = []
     if "dtype" in setting:
         rest.append(str(setting["dtype"]))
+    if "precision" in setting:
+        rest.append(f"precision={setting['precision']}")
     if "chunk_frames" in setting:
         rest.append(f"chunk={int(setting['chunk_frames'])}")
     if "batch" in setting:
@@ -201,6 +203,15 @@ def _with_interval(value: Any, low: Any, high: Any) -> Any:
     return tuple(parts) if all(math.isfinite(x) for x in parts) else value
 
 
+def _arithmetic(df: pd.DataFrame) -> str:
+    """What the records computed in, e.g. "float32, matmul precision highest" ("" when not recorded)."""
+    def values(column: str) -> str:
+        return "/".join(map(str, _first_seen(df[column].dropna()))) if column in df else ""
+
+    dtypes, precisions = values("dtype"), values("precision")
+    return ", ".join(p for p in (dtypes, precisions and f"matmul precision {precisions}") if p)
+
+
 def counter_notes(df: pd.DataFrame) -> list[str]:
     """Lines saying where each number comes from, with the tools' agreement with the analytic FLOPs."""
     lines = [
@@ -212,6 +223,8 @@ def counter_notes(df: pd.DataFrame) -> list[str]:
         if "chunk_frames" in df and df["chunk_frames"].notna().any():
             chunks = sorted({int(c) for c in pd.to_numeric(df["chunk_frames"], errors="coerce").dropna()})
             parts.append(f"one step = {'/'.join(map(str, chunks))} input frames of 10 ms")
+        if arithmetic := _arithmetic(df):
+            parts.append(f"computed in {arithmetic}")
         if "iterations" in df and pd.to_numeric(df["iterations"], errors="coerce").notna().any():
             its = pd.to_numeric(df["iterations"], errors="coerce").dropna()
             parts.append(f"{int(its.min())}-{int(its.max())} timed steps per row" if its.min() != its.max()
@@ -319,6 +332,8 @@ def render_predictions(df: pd.DataFrame) -> str:
     shown = table.copy()
     for col in shown.columns[2:]:
         shown[col] = shown[col].map(lambda v: f"{v:.3g}" if v == v else "–")
+    arithmetic = _arithmetic(df)
     note = ("> predicted per-step latency on named accelerators: roofline lower bound max(FLOPs / peak, "
-            "bytes / bandwidth) from the analytic counts and public peaks (bench/roofline.py), not measured")
+            "bytes / bandwidth) from the analytic counts and public peaks (bench/roofline.py), not measured"
+            + (f"; peaks for {arithmetic}" if arithmetic else ""))
     return note + "\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"

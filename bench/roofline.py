@@ -27,20 +27,29 @@ class Peaks:
     source: str  # how they were obtained, for reports
 
 
+# bfloat16 MXU passes per float32 matmul on a TPU at each precision (bench.schema.PRECISIONS), as
+# JAX documents jax.lax.Precision: DEFAULT one pass, HIGH three (bf16_3x), HIGHEST six.
+TPU_BF16_PASSES = {"highest": 6, "high": 3, "default": 1}
+
+
 @dataclass(frozen=True)
 class NamedDevice:
     name: str
     peak_flops_bf16: float  # dense (no structured sparsity)
-    peak_flops_fp32: float | None  # None: no published fp32 matmul peak
+    peak_flops_fp32: float | None  # None: no float32 matmul unit (TPUs run float32 as bf16 passes)
     bytes_per_s: float
     source: str
+    peak_flops_tf32: float | None = None  # NVIDIA tensor cores' TF32, dense; None: no such mode
 
-    def peak_flops(self, dtype: str) -> float:
-        # Without a published fp32 figure (TPUs) use the bf16 one: XLA's default matmul precision on
-        # TPU runs fp32 matmuls as bf16 MXU passes.
-        if dtype == "float32" and self.peak_flops_fp32 is not None:
-            return self.peak_flops_fp32
-        return self.peak_flops_bf16
+    def peak_flops(self, dtype: str, precision: str = "highest") -> float:
+        """The matmul peak for `dtype` computed at `precision` (see bench.schema.PRECISIONS)."""
+        if dtype != "float32":
+            return self.peak_flops_bf16
+        if self.peak_flops_fp32 is None:
+            return self.peak_flops_bf16 / TPU_BF16_PASSES[precision]
+        if precision != "highest" and self.peak_flops_tf32 is not None:
+            return self.peak_flops_tf32
+        return self.peak_flops_fp32
 
 
 # Public vendor peaks per chip; dense FLOP/s (FLOPs = 2 x multiply-adds).
@@ -52,11 +61,14 @@ NAMED_DEVICES: dict[str, NamedDevice] = {
     # HBM2 16 GB at 819 GB/s.
     "tpu_v5e": NamedDevice("TPU v5e", 197e12, None, 819e9, "https://cloud.google.com/tpu/docs/v5e"),
     # NVIDIA A100 80GB SXM datasheet (https://www.nvidia.com/en-us/data-center/a100/): BF16 tensor core
-    # 312 TFLOP/s dense, FP32 19.5 TFLOP/s (not TF32), HBM2e 2,039 GB/s.
-    "a100": NamedDevice("A100 SXM 80GB", 312e12, 19.5e12, 2039e9, "https://www.nvidia.com/en-us/data-center/a100/"),
+    # 312 TFLOP/s dense, TF32 tensor core 312 with sparsity = 156 dense, FP32 19.5 TFLOP/s, HBM2e 2,039 GB/s.
+    "a100": NamedDevice("A100 SXM 80GB", 312e12, 19.5e12, 2039e9, "https://www.nvidia.com/en-us/data-center/a100/",
+                        peak_flops_tf32=156e12),
     # NVIDIA H100 SXM datasheet (https://www.nvidia.com/en-us/data-center/h100/): BF16 tensor core
-    # 1,979 TFLOP/s with sparsity = 989 dense, FP32 67 TFLOP/s, HBM3 3.35 TB/s.
-    "h100": NamedDevice("H100 SXM", 989e12, 67e12, 3350e9, "https://www.nvidia.com/en-us/data-center/h100/"),
+    # 1,979 TFLOP/s with sparsity = 989 dense, TF32 989 with sparsity = 494 dense, FP32 67 TFLOP/s,
+    # HBM3 3.35 TB/s.
+    "h100": NamedDevice("H100 SXM", 989e12, 67e12, 3350e9, "https://www.nvidia.com/en-us/data-center/h100/",
+                        peak_flops_tf32=494e12),
     # Phone-class SoC, Apple A17 Pro: Neural Engine "35 trillion operations per second" (Apple newsroom,
     # 2023-09-12, iPhone 15 Pro; 16-bit ops taken as bf16-class); fp32 ~2.1 TFLOP/s for the 6-core GPU
     # (768 ALUs x 2 x ~1.4 GHz, third-party estimate); LPDDR5-6400 on a 64-bit bus = 51.2 GB/s.
@@ -65,9 +77,12 @@ NAMED_DEVICES: dict[str, NamedDevice] = {
 }
 
 
-def roofline_bound_s(flops: float, bytes_moved: float, peaks: Peaks | NamedDevice, dtype: str = "float32") -> float:
-    """Lower bound on a step's time: max(FLOPs / peak FLOP/s, bytes moved / bandwidth)."""
-    peak = peaks.peak_flops(dtype) if isinstance(peaks, NamedDevice) else peaks.flops_per_s
+def roofline_bound_s(flops: float, bytes_moved: float, peaks: Peaks | NamedDevice, dtype: str = "float32",
+                     precision: str = "highest") -> float:
+    """Lower bound on a step's time: max(FLOPs / peak FLOP/s, bytes moved / bandwidth).
+
+    A measured `Peaks` was taken at the run's own dtype and precision; a NamedDevice picks its peak."""
+    peak = peaks.peak_flops(dtype, precision) if isinstance(peaks, NamedDevice) else peaks.flops_per_s
     return max(flops / peak, bytes_moved / peaks.bytes_per_s)
 
 
@@ -76,9 +91,11 @@ def roofline_fraction(bound_s: float, latency_s: float) -> float:
     return bound_s / latency_s if latency_s > 0 else float("nan")
 
 
-def predict_latency_ms(flops: float, bytes_moved: float, dtype: str = "float32") -> dict[str, float]:
+def predict_latency_ms(flops: float, bytes_moved: float, dtype: str = "float32",
+                       precision: str = "highest") -> dict[str, float]:
     """Roofline-bound step latency (ms) on each named device, keyed by its short name."""
-    return {key: 1e3 * roofline_bound_s(flops, bytes_moved, dev, dtype) for key, dev in NAMED_DEVICES.items()}
+    return {key: 1e3 * roofline_bound_s(flops, bytes_moved, dev, dtype, precision)
+            for key, dev in NAMED_DEVICES.items()}
 
 
 # ---- measured peaks ----------------------------------------------------------------------------
@@ -136,14 +153,28 @@ def host_peaks() -> Peaks:
     return _CACHE[key]
 
 
+KERNELS_PER_SYNC = 50  # a 0.1 ms copy's ~10 us launch and ~50 us sync, paid once per 50 kernels: < 2%
+
+
 def measure_device_peaks(key: tuple, matmul: Callable[[], Any], copy: Callable[[], Any], sync: Callable[[Any], Any],
-                         matmul_flops: float, copy_bytes: float, source: str) -> Peaks:
+                         matmul_flops: float, copy_bytes: float, source: str,
+                         kernels_per_sync: int = KERNELS_PER_SYNC) -> Peaks:
     """Peaks of an accelerator from framework kernels, cached under `key` for the process.
 
-    `matmul()` / `copy()` launch one kernel and return its output; `sync` blocks on it;
-    `copy_bytes` counts read + write."""
+    `matmul()` / `copy()` launch one kernel and return its output; `sync` blocks on it; `copy_bytes`
+    counts read + write. Each timing queues `kernels_per_sync` kernels and waits once, on the last
+    (one in-order stream: it finishes after the others), so launch and synchronisation costs do not
+    pass for a slow device, and only one output at a time stays alive."""
+    def burst(kernel: Callable[[], Any]) -> float:
+        def run():
+            out = None
+            for _ in range(kernels_per_sync):
+                out = kernel()
+            sync(out)
+
+        return _best_time(run) / kernels_per_sync
+
     if key not in _CACHE:
-        t_mm = _best_time(lambda: sync(matmul()))
-        t_cp = _best_time(lambda: sync(copy()))
-        _CACHE[key] = Peaks(matmul_flops / t_mm, copy_bytes / t_cp, source)
+        _CACHE[key] = Peaks(matmul_flops / burst(matmul), copy_bytes / burst(copy),
+                            f"{source}; {kernels_per_sync} kernels per sync")
     return _CACHE[key]

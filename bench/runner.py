@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 from bench import machine, measure, stats, table
 from bench.config import MeasureSettings, RunConfig
 from bench.results import SCHEMA_VERSION, RunWriter, utc_now
-from bench.schema import RAW_STEP_KEY, raw_key
+from bench.schema import PRECISIONS, RAW_STEP_KEY, raw_key
 from bench.worker import Worker, WorkerDied
 
 
@@ -54,6 +54,8 @@ class RunPlan:
     batches: tuple[int, ...]
     chunk_frames: int
     dtype: str
+    precision: str = PRECISIONS[0]
+    device_name: str | None = None  # one name for the device in every framework's records (None: each its own)
     sides: tuple[Side, ...] = (Side(),)
     plugins: tuple[str, ...] = ()
 
@@ -63,7 +65,8 @@ class RunPlan:
 
         return cls(variants=tuple(variants.select(run.variants)), frameworks=run.frameworks,
                    modes={fw: run.modes(fw) for fw in run.frameworks}, device=run.device, batches=run.batches,
-                   chunk_frames=run.chunk_frames, dtype=run.dtype, sides=sides, plugins=run.plugins)
+                   chunk_frames=run.chunk_frames, dtype=run.dtype, precision=run.precision, sides=sides,
+                   plugins=run.plugins)
 
     def groups(self) -> list[list[Job]]:
         """Jobs that are compared with one another, one list per (framework, mode, batch)."""
@@ -151,7 +154,11 @@ def run_metadata(config: Mapping[str, Any], *, machine_tag: str | None, command:
 
 
 class WorkerPool:
-    """One live worker per (side, variant, framework, mode), started on first use, restarted after a death."""
+    """One live worker per (side, variant, framework, mode), started on first use, restarted after a death.
+
+    On a device one process at a time may open (machine.EXCLUSIVE_DEVICES: a TPU), one worker per
+    framework holds every session instead (`shared`), prepared one at a time, and it is stopped before
+    the next framework's worker starts."""
 
     def __init__(self, plan: RunPlan, start: Callable[..., Worker] = Worker):
         self.plan, self._start = plan, start
@@ -159,9 +166,10 @@ class WorkerPool:
         self._workers: dict[tuple, Worker] = {}
         self._count = 0
         self._lock = threading.Lock()
+        self.shared = plan.device in machine.EXCLUSIVE_DEVICES
 
     def get(self, job: Job) -> Worker:
-        key = (job.side, job.variant, job.framework, job.mode)
+        key = (job.side, "*", job.framework, "*") if self.shared else (job.side, job.variant, job.framework, job.mode)
         with self._lock:  # jobs are prepared from several threads
             worker = self._workers.get(key)
             if worker is None or worker.dead:
@@ -175,8 +183,10 @@ class WorkerPool:
             return worker
 
     def retire(self, remaining: set[tuple[str, str]]) -> None:
-        """Stop the workers of every (framework, mode) no later group needs, freeing their memory."""
-        for key in [k for k in self._workers if (k[2], k[3]) not in remaining]:
+        """Stop the workers of every (framework, mode) no later group needs, freeing their memory (and,
+        when shared, the device for the next framework)."""
+        needed = {fw for fw, _ in remaining} if self.shared else remaining
+        for key in [k for k in self._workers if (k[2] if self.shared else (k[2], k[3])) not in needed]:
             self._workers.pop(key).close()
 
     def close(self) -> None:
@@ -247,7 +257,7 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
     summary = RunSummary(records=writer.records)
     clock_start = machine.cpu_clock_mhz()
     summary.busy_before = machine.busy_cores()
-    known_peaks: dict[tuple, dict[str, Any]] = {}  # (framework, device, dtype) -> peak columns, measured once
+    known_peaks: dict[tuple, dict[str, Any]] = {}  # (framework, device, dtype, precision) -> peak columns, measured once
     start = time.perf_counter()
     status = "complete"
     try:
@@ -292,17 +302,20 @@ def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: Work
     from concurrent.futures import ThreadPoolExecutor
 
     def prepare(job: Job) -> None:
-        peaks_key = (job.framework, plan.device, plan.dtype)
+        peaks_key = (job.framework, plan.device, plan.dtype, plan.precision)
         args = dict(variant=job.variant, framework=job.framework, device=plan.device, batch=job.batch,
-                    chunk_frames=plan.chunk_frames, dtype=plan.dtype, mode=job.mode, settings=asdict(settings),
-                    known_peaks=known_peaks.get(peaks_key))
+                    chunk_frames=plan.chunk_frames, dtype=plan.dtype, precision=plan.precision, mode=job.mode,
+                    settings=asdict(settings), known_peaks=known_peaks.get(peaks_key))
         identity = dict(variant=job.variant, framework=job.framework, mode=job.mode, device=plan.device,
-                        dtype=plan.dtype, batch=job.batch, chunk_frames=plan.chunk_frames, revision=job.side or None)
+                        dtype=plan.dtype, precision=plan.precision, batch=job.batch, chunk_frames=plan.chunk_frames,
+                        revision=job.side or None)
         group.records[job] = {k: v for k, v in measure.empty_record().items() if k != RAW_STEP_KEY} | identity
         reply = group.ask(pool, job, {"cmd": "prepare", "key": session_key(job), "args": args}, settings.timeout_s)
         if reply is None:
             return
         record = {**group.records[job], **reply["record"], **identity}
+        if plan.device_name:
+            record["device_name"] = plan.device_name
         group.records[job] = record
         if record.get("status") == "prepared" and record.get("peak_flops_per_s"):
             known_peaks.setdefault(peaks_key, {k: record[k] for k in measure.PEAK_KEYS})
@@ -310,9 +323,10 @@ def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: Work
     bar.update(task, description=f"preparing {group.jobs[0].framework}/{group.jobs[0].mode} "
                                  f"batch {group.jobs[0].batch}")
     jobs = list(group.jobs)
-    if settings.roofline and (jobs[0].framework, plan.device, plan.dtype) not in known_peaks:
+    if settings.roofline and (jobs[0].framework, plan.device, plan.dtype, plan.precision) not in known_peaks:
         prepare(jobs.pop(0))
-    with ThreadPoolExecutor(max_workers=max(1, settings.prepare_workers)) as executor:
+    # a shared worker answers one request at a time
+    with ThreadPoolExecutor(max_workers=1 if pool.shared else max(1, settings.prepare_workers)) as executor:
         list(executor.map(prepare, jobs))
     group.alive = [job for job in group.jobs if group.records[job].get("status") == "prepared"]
 

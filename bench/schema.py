@@ -12,13 +12,18 @@ MODES = {"jax": ("jit",), "torch": ("eager", "compile")}  # how a framework runs
 DEFAULT_MODE = {"jax": "jit", "torch": "eager"}
 DEVICES = ("cpu", "gpu", "tpu")
 DTYPES = tuple(DTYPE_BYTES)
+# How float32 matmuls and convolutions are computed, the same in every framework (bench.adapters apply it):
+# "highest" true float32; "high" TF32 on NVIDIA GPUs, 3 bfloat16 passes on TPU; "default" each device's
+# fast default (TF32 on NVIDIA GPUs, 1 bfloat16 pass on TPU). On a CPU all three are float32. The first
+# is what a library caller gets; bench.toml's [run] precision is what `bench run` uses.
+PRECISIONS = ("highest", "high", "default")
 
 BASELINE = "baseline"  # speedups divide by this variant, measured in the same run and setting
 
 # What one measurement varies besides the variant; a record's speedup divides by the baseline that
 # shares all of these (and, in a merge of several runs, the run and the machine). `revision` is set
 # only by `bench ab` ("base" / "head"), whose two sides each have their own baseline.
-SETTING_FIELDS = ("framework", "mode", "device", "dtype", "batch", "chunk_frames", "revision")
+SETTING_FIELDS = ("framework", "mode", "device", "dtype", "precision", "batch", "chunk_frames", "revision")
 # A record within one run: one run has one chunk size and one dtype, so these fields identify it.
 # raw_times.json is keyed on them ("variant|framework|mode|device|batch") and `bench compare` matches on them.
 ROW_KEY = ("variant", "framework", "mode", "device", "batch")
@@ -27,7 +32,7 @@ RAW_STEP_KEY = "raw_step_s"  # the record key holding the raw per-step seconds (
 
 # Every record has all of these keys (None where not measured), in results.csv's column order.
 RECORD_KEYS = (
-    "variant", "framework", "mode", "device", "device_name", "dtype", "batch", "chunk_frames",
+    "variant", "framework", "mode", "device", "device_name", "dtype", "precision", "batch", "chunk_frames",
     "params", "weight_bytes", "state_bytes_per_stream", "state_bytes_attention", "state_bytes_conv",
     "state_bytes_time_reduction", "macs_per_step", "flops_per_step", "transcendentals_per_step",
     "flops_per_step_xla", "flops_per_step_torch", "flops_per_step_fvcore", "bytes_per_step",
@@ -45,6 +50,7 @@ EXTRA_KEYS = (
     "timing_capped", "warmup_iterations", "peak_flops_per_s", "peak_bytes_per_s", "peaks_source",
     "warnings", "measure_wall_s", *(f"roofline_ms_{k}" for k in NAMED_DEVICES),
     "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "rounds", "steps_per_round", "worker", "revision",
+    "precision_applied",
 )
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 WORKER_ENV = "BENCH_WORKER"  # set to the worker's id in every worker, as pytest-xdist sets PYTEST_XDIST_WORKER
-REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_GRACE_S = 5.0
 
 
@@ -42,13 +41,14 @@ class Worker:
         self.id = worker_id
         # here, not at the top: bench.machine imports variants, which a worker must import only after
         # putting its revision's checkout first on sys.path (main)
-        from bench.machine import THREAD_COUNT_VARS, usable_cores
+        from bench.machine import REPO_ROOT, THREAD_COUNT_VARS, WORKER_DEVICE_ENV, usable_cores
 
         threads = threads or usable_cores()
         env = dict(os.environ)
         env[WORKER_ENV] = worker_id
         # thread pools are sized when a framework loads, so the count must be in the environment first
         env.update({var: env.get(var, str(threads)) for var in THREAD_COUNT_VARS})
+        env.update({var: env.get(var, value) for var, value in WORKER_DEVICE_ENV.items()})
         args = [sys.executable, "-m", "bench.worker"]
         for plugin in plugins:
             args += ["--plugin", str(plugin)]

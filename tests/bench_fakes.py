@@ -155,5 +155,5 @@ def install(monkeypatch, lab: FakeWorkers, devices: dict[str, list[str]] | None 
 
     monkeypatch.setattr(runner, "WorkerPool", lambda plan, start=None: lab.pool(plan))
     present = devices if devices is not None else {"jax": ["cpu"], "torch": ["cpu"]}
-    monkeypatch.setattr(machine, "available_devices", lambda frameworks=("jax", "torch"): {
-        fw: present.get(fw, []) for fw in frameworks})
+    monkeypatch.setattr(machine, "probe_devices", lambda frameworks=("jax", "torch"): {
+        fw: {kind: f"fake {kind}" for kind in present.get(fw, [])} for fw in frameworks})

@@ -6,3 +6,21 @@ import sys
 if "--benchmark-only" not in sys.argv:
     os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 sys.path.insert(0, os.path.dirname(__file__))
+
+# Which device the model tests build on: the CPU unless scripts/device-check.sh asks for the accelerator
+# (BENCH_TEST_DEVICE=gpu|tpu). Float32 matmuls are pinned to true float32 in both frameworks, so the
+# 1e-4 parity between them holds on accelerator hosts too (JAX would otherwise use TF32 or bf16 there).
+TEST_DEVICE = os.environ.get("BENCH_TEST_DEVICE", "cpu")
+
+
+def _pin_precision():
+    import jax
+    import torch
+
+    from bench.adapters.torch_adapter import apply_precision
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    apply_precision("highest", torch.device("cuda" if TEST_DEVICE == "gpu" else "cpu"))
+
+
+_pin_precision()

@@ -165,6 +165,41 @@ def test_a_device_that_is_not_here_exits_2_naming_what_is():
     assert "'tpu' is not available" in line and "available: jax: cpu" in line and "torch: cpu" in line
 
 
+def test_a_default_framework_without_the_device_is_skipped_with_one_line_and_the_run_exits_0(monkeypatch, tmp_path):
+    fake = FakeWorkers()
+    install(monkeypatch, fake, devices={"jax": ["cpu", "gpu"], "torch": ["cpu"]})
+    result = invoke("run", "--device", "gpu", "--variant", "baseline,practical", "--batch", "1", "--quick",
+                    "--no-progress", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    skips = [line for line in result.stderr.splitlines() if "skipping" in line]
+    assert len(skips) == 1 and skips[0].startswith("bench: skipping torch on gpu") and "CUDA build of torch" in skips[0]
+    _, records = load(tmp_path / "run")
+    assert {r["framework"] for r in records} == {"jax"} and {r["device"] for r in records} == {"gpu"}
+    assert {r["device_name"] for r in records} == {"fake gpu"}  # the run's one name for the device
+    assert {c["framework"] for c in fake.calls} == {"jax"}
+
+
+def test_naming_a_framework_without_the_device_exits_2(monkeypatch, tmp_path):
+    fake = FakeWorkers()
+    install(monkeypatch, fake, devices={"jax": ["cpu", "gpu"], "torch": ["cpu"]})
+    line = assert_one_line_error(invoke("run", "--device", "gpu", "--framework", "torch", "--out", str(tmp_path / "r")))
+    assert "'gpu' is not available to torch" in line and line.endswith("available: torch: cpu")
+    assert not fake.calls
+
+
+def test_the_precision_is_applied_in_every_worker_and_recorded(monkeypatch, tmp_path):
+    fake = FakeWorkers()
+    install(monkeypatch, fake)
+    assert "choose from highest, high, default" in assert_one_line_error(invoke("run", "--precision", "tf32"))
+    result = invoke("run", "--variant", "baseline,practical", "--batch", "1", "--quick", "--precision", "high",
+                    "--no-progress", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert {c["precision"] for c in fake.calls} == {"high"}
+    meta, records = load(tmp_path / "run")
+    assert {r["precision"] for r in records} == {"high"} and meta["config"]["run"]["precision"] == "high"
+    assert "computed in float32, matmul precision high" in (tmp_path / "run" / results.TABLE_MD).read_text()
+
+
 def test_env_names_versions_devices_and_threads():
     result = invoke("env")
     assert result.exit_code == 0, result.output

@@ -35,7 +35,7 @@ def _analytic_flops(spec, batch=BATCH, chunk=CHUNK) -> int:
 def _prepare(adapter, framework, spec):
     return adapter.prepare(spec, batch=BATCH, chunk_frames=CHUNK, dtype="float32",
                            native_device=resolve_device(framework, "cpu"), mode="jit" if framework == "jax" else "eager",
-                           seed=0)
+                           seed=0, precision="highest")
 
 
 # ---- agreement on every registered variant ---------------------------------------------------------

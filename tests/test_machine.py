@@ -1,6 +1,7 @@
 """bench.machine: run-time device resolution, the one-line unavailable-device error, machine info, git."""
 
 import subprocess
+import sys
 
 import pytest
 
@@ -42,51 +43,52 @@ def test_a_missing_device_fails_with_one_line_naming_what_is_available(framework
     assert f"available: {', '.join(AVAILABLE[framework])}" in message
 
 
-def test_check_available_names_the_frameworks_that_lack_the_device(monkeypatch):
-    monkeypatch.setattr(machine, "available_devices",
-                        lambda frameworks=FRAMEWORKS: {"jax": ["cpu", "gpu"], "torch": ["cpu"]})
-    machine.check_available("gpu", ("jax",))
+def _pretend(monkeypatch, present):
+    monkeypatch.setattr(machine, "probe_devices",
+                        lambda frameworks=FRAMEWORKS: {fw: {k: f"fake {k}" for k in present[fw]} for fw in frameworks})
+
+
+def test_a_named_framework_without_the_device_is_an_error_naming_what_each_has(monkeypatch):
+    _pretend(monkeypatch, {"jax": ["cpu", "gpu"], "torch": ["cpu"]})
+    assert machine.frameworks_on("gpu", ("jax",), named=True) == (("jax",), [])
     with pytest.raises(DeviceUnavailableError) as info:
-        machine.check_available("gpu", ("jax", "torch"))
+        machine.frameworks_on("gpu", ("jax", "torch"), named=True)
     assert str(info.value) == ("device 'gpu' is not available to torch on this machine; "
                                "available: jax: cpu, gpu; torch: cpu")
 
 
-def test_unknown_names_are_value_errors():
-    with pytest.raises(ValueError):
-        resolve_device("jax", "npu")
-    with pytest.raises(ValueError):
-        resolve_device("tensorflow", "cpu")
+def test_a_default_framework_without_the_device_is_skipped_with_how_to_enable_it(monkeypatch):
+    _pretend(monkeypatch, {"jax": ["cpu", "tpu"], "torch": ["cpu"]})
+    usable, skipped = machine.frameworks_on("tpu", ("jax", "torch"), named=False)
+    assert usable == ("jax",)
+    assert len(skipped) == 1 and "skipping torch on tpu" in skipped[0] and "torch_xla" in skipped[0]
 
 
-def test_machine_info_records_threads_cpu_and_versions():
-    import torch
-
-    info = machine_info("torch")
-    assert info["threads"] == torch.get_num_threads()
-    assert machine_info("jax")["threads"] == info["usable_cores"] >= 1
-    assert info["version_jax"] and info["version_torch"] and info["version_numpy"]
-    assert info["cpu_name"]
+def test_a_device_no_framework_has_is_an_error_even_by_default(monkeypatch):
+    _pretend(monkeypatch, {"jax": ["cpu"], "torch": ["cpu"]})
+    with pytest.raises(DeviceUnavailableError, match="available: jax: cpu; torch: cpu"):
+        machine.frameworks_on("tpu", ("jax", "torch"), named=False)
 
 
-def test_environment_lists_every_library_and_thread_variable():
-    env = machine.environment()
-    assert set(env["versions"]) == set(machine.LIBRARIES)
-    assert set(machine.THREAD_ENV_VARS) <= set(env["threads"])
-    assert env["machine"]["usable_cores"] == machine.usable_cores()
+def test_devices_are_probed_in_child_processes_so_the_parent_opens_none():
+    code = ("import sys; from bench import machine; print(machine.available_devices()); "
+            "print('jax' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=machine.REPO_ROOT, check=True).stdout.splitlines()
+    assert "'cpu'" in out[0]
+    assert out[1] == "False False"
 
 
-def test_git_info_reads_the_checkout_it_is_given(tmp_path):
-    assert machine.git_info(tmp_path) == {"commit": None, "dirty": None}  # not a checkout
+def test_a_run_names_its_device_once_whichever_framework_is_more_specific(monkeypatch):
+    monkeypatch.setattr(machine, "probe_devices", lambda frameworks=FRAMEWORKS: {
+        "jax": {"cpu": "EPYC", "tpu": "TPU v5e"}, "torch": {"cpu": "EPYC", "tpu": "torch_xla TPU"}})
+    assert machine.run_device_name("tpu", ("jax", "torch")) == "TPU v5e"
+    assert machine.run_device_name("cpu", ("jax", "torch")) == "EPYC"
+    assert machine.run_device_name("gpu", ("jax", "torch")) is None
 
-    def git(*args):
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
 
-    git("init", "-q")
-    (tmp_path / "f").write_text("a")
-    git("add", "f")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
-    info = machine.git_info(tmp_path)
-    assert len(info["commit"]) == 40 and info["dirty"] is False
-    (tmp_path / "f").write_text("b")
-    assert machine.git_info(tmp_path)["dirty"] is True
+def test_tpu_names_agree_between_jax_kinds_and_cloud_accelerator_types():
+    for jax_kind, accelerator_type in (("TPU v5 lite", "v5litepod-8"), ("TPU v4", "v4-8"), ("TPU v6 lite", "v6e-4"),
+                                       ("TPU v5", "v5p-8")):
+        assert machine.TPU_NAMES.get(jax_kind, jax_kind) == machine.tpu_name_from_accelerator_type(accelerator_type)
+    assert machine.tpu_name_from_accelerator_type(None) is None

@@ -158,7 +158,8 @@ def test_a_chunk_that_leaves_frames_in_a_buffer_compiles_every_phase_ahead():
     from bench.machine import resolve_device
 
     session = jax_adapter.prepare(_tiny("practical"), batch=1, chunk_frames=4, dtype="float32",
-                                  native_device=resolve_device("jax", "cpu"), mode="jit", seed=0)
+                                  native_device=resolve_device("jax", "cpu"), mode="jit", seed=0,
+                                  precision="highest")
     assert len(session._compiled) > 1
     state = session.initial_state()
     compiled_before = dict(session._compiled)

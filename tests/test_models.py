@@ -23,10 +23,14 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def built():
+    """Both models of every tiny variant on the test device (conftest.TEST_DEVICE; the CPU here)."""
+    from bench.machine import resolve_device
+    from conftest import TEST_DEVICE
+
     out = {}
     for name, spec in TINY.items():
-        jax_enc = variants.build(spec, "jax", seed=1)
-        torch_enc = variants.build(spec, "torch", seed=2)
+        jax_enc = variants.build(spec, "jax", seed=1, device=resolve_device("jax", TEST_DEVICE))
+        torch_enc = variants.build(spec, "torch", seed=2, device=resolve_device("torch", TEST_DEVICE))
         torch_enc.load_weights(jax_enc.weights())  # different seeds: parity must come from load_weights
         out[name] = (jax_enc, torch_enc)
     return out

@@ -352,3 +352,23 @@ def test_run_metadata_records_the_machine_the_code_and_the_config():
     meta = runner.run_metadata({"run": {}}, machine_tag="box", command=["bench", "run"])
     assert meta["command"] == "bench run" and meta["machine_tag"] == "box" and meta["status"] == "running"
     assert {"machine", "versions", "threads", "git", "config", "started_utc"} <= set(meta)
+
+
+def test_on_a_tpu_one_worker_per_framework_holds_every_session_and_frameworks_take_turns(tmp_path):
+    lab = FakeWorkers()
+    the_plan = dataclasses.replace(plan(frameworks=("jax", "torch"), batches=(1, 64)), device="tpu")
+    summary, records = go(tmp_path, lab, the_plan)
+    assert all(r["status"] == "ok" for r in summary.records) and len(records) == 3 * 2 * 2
+    assert len(lab.workers) == 2  # one process per framework, never one per variant
+    by_worker = {w.id: {key.split("|")[1] for wid, _, key in lab.requests if wid == w.id and key} for w in lab.workers}
+    assert sorted(map(sorted, by_worker.values())) == [["jax"], ["torch"]]
+    jax_worker, torch_worker = lab.workers
+    first_torch = next(i for i, (wid, _, _) in enumerate(lab.requests) if wid == torch_worker.id)
+    assert jax_worker.closed_at is not None and jax_worker.closed_at <= first_torch  # never both open
+
+
+def test_precision_travels_to_every_worker_and_into_every_record(tmp_path):
+    lab = FakeWorkers()
+    summary, _ = go(tmp_path, lab, plan(precision="high"))
+    assert {c["precision"] for c in lab.calls} == {"high"}
+    assert {r["precision"] for r in summary.records} == {"high"}

@@ -39,6 +39,10 @@ class NumpyEncoder:
         """A numpy array as the framework's array on `device`, in `dtype`."""
         raise NotImplementedError
 
+    def to_numpy(self, y: Any) -> np.ndarray:
+        """A framework array as a float32 numpy array (waits for it to be computed)."""
+        raise NotImplementedError
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Full-sequence causal first pass: x [B, T, input_dim] -> [B, T // output_stride, model_dim]."""
         raise NotImplementedError
@@ -51,7 +55,9 @@ class NumpyEncoder:
         """One streaming chunk: (outputs as numpy, the new state)."""
         raise NotImplementedError
 
-    def _second_pass(self, y: np.ndarray) -> np.ndarray:
+    def second_pass_native(self, y: Any) -> Any:
+        """The cascade second pass on framework arrays already on `device` (what a timed segment runs:
+        no host copy in or out)."""
         raise NotImplementedError
 
     # ---- shared -------------------------------------------------------------------------------
@@ -74,4 +80,4 @@ class NumpyEncoder:
         """The cascade second pass over first-pass outputs y [B, T', model_dim], segment by segment."""
         if self.spec.second_pass is None:
             raise ValueError("this variant has no second pass (spec.second_pass is None)")
-        return self._second_pass(y)
+        return self.to_numpy(self.second_pass_native(self.to_native(y)))

@@ -59,11 +59,14 @@ class JaxEncoder(NumpyEncoder):
     def to_native(self, x: np.ndarray) -> jax.Array:
         return jax.device_put(jnp.asarray(x, jnp.dtype(self.dtype)), self.device)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._forward(self.params, self.to_native(x)), np.float32)
+    def to_numpy(self, y: jax.Array) -> np.ndarray:
+        return np.asarray(y, np.float32)
 
-    def _second_pass(self, y: np.ndarray) -> np.ndarray:
-        return np.asarray(self._second(self.params, self.to_native(y)), np.float32)
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.to_numpy(self._forward(self.params, self.to_native(x)))
+
+    def second_pass_native(self, y: jax.Array) -> jax.Array:
+        return self._second(self.params, y)
 
     def init_state(self, batch: int):
         state = self.module.apply({"params": self.params}, batch, method=Encoder.init_state)
@@ -71,4 +74,4 @@ class JaxEncoder(NumpyEncoder):
 
     def step(self, x_chunk: np.ndarray, state):
         y, state = self._step(self.params, self.to_native(x_chunk), state)
-        return np.asarray(y, np.float32), state
+        return self.to_numpy(y), state

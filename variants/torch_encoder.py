@@ -43,17 +43,16 @@ class TorchEncoder(NumpyEncoder):
     def to_native(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.array(x, np.float32)).to(device=self.device, dtype=getattr(torch, self.dtype))
 
-    @staticmethod
-    def _numpy(y: torch.Tensor) -> np.ndarray:
+    def to_numpy(self, y: torch.Tensor) -> np.ndarray:
         return y.detach().float().cpu().numpy()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self._numpy(self.module(self.to_native(x)))
+            return self.to_numpy(self.module(self.to_native(x)))
 
-    def _second_pass(self, y: np.ndarray) -> np.ndarray:
+    def second_pass_native(self, y: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self._numpy(self.module.second_pass(self.to_native(y)))
+            return self.module.second_pass(y)
 
     def init_state(self, batch: int):
         with torch.inference_mode():
@@ -62,4 +61,4 @@ class TorchEncoder(NumpyEncoder):
     def step(self, x_chunk: np.ndarray, state):
         with torch.inference_mode():
             y, state = self.module.step(self.to_native(x_chunk), state)
-        return self._numpy(y), state
+        return self.to_numpy(y), state

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -133,6 +132,12 @@ class ConvModule(nn.Module):
         return self._finish(self._depthwise(g)), g[:, g.shape[1] - (self.kernel_size - 1):]
 
 
+def _offsets(first: int, queries: int, keys: int, device):
+    """offsets[i, j] = first + i - j: how far key j lies behind query i. Made on the device from
+    shapes alone, so a step uploads nothing from the host (a blocking copy per block on a GPU)."""
+    return (first + torch.arange(queries, device=device))[:, None] - torch.arange(keys, device=device)[None, :]
+
+
 def _split_heads(x, num_heads):
     b, t, d = x.shape
     return x.reshape(b, t, num_heads, d // num_heads)
@@ -159,7 +164,7 @@ class LocalAttention(nn.Module):
     def _attend(self, q, k, v, offsets, mask):
         scale = 1.0 / math.sqrt(self.model_dim // self.num_heads)
         scores = torch.einsum("bthd,bshd->bhts", q, k) * scale
-        index = torch.as_tensor(np.clip(offsets + self.right, 0, self.left + self.right), device=q.device)
+        index = (offsets + self.right).clamp(0, self.left + self.right)
         scores = scores + self.rel_bias[:, index][None]
         scores = scores.masked_fill(~mask[:, None], torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
@@ -169,8 +174,8 @@ class LocalAttention(nn.Module):
     def forward(self, x):
         q, k, v = self._project(x)
         t = x.shape[1]
-        offsets = np.arange(t)[:, None] - np.arange(t)[None, :]
-        mask = torch.as_tensor((offsets <= self.left) & (offsets >= -self.right), device=x.device)[None]
+        offsets = _offsets(0, t, t, x.device)
+        mask = ((offsets <= self.left) & (offsets >= -self.right))[None]
         return self._attend(q, k, v, offsets, mask)
 
     def init_state(self, batch):
@@ -185,9 +190,8 @@ class LocalAttention(nn.Module):
         keys = torch.cat([state["k"], k], dim=1)
         values = torch.cat([state["v"], v], dim=1)
         valid = torch.cat([state["valid"], torch.ones(b, t, dtype=torch.bool, device=x.device)], dim=1)
-        offsets = (self.left + np.arange(t))[:, None] - np.arange(self.left + t)[None, :]
-        band = torch.as_tensor((offsets >= 0) & (offsets <= self.left), device=x.device)
-        mask = band[None] & valid[:, None, :]
+        offsets = _offsets(self.left, t, self.left + t, x.device)
+        mask = ((offsets >= 0) & (offsets <= self.left))[None] & valid[:, None, :]
         y = self._attend(q, keys, values, offsets, mask)
         return y, {"k": keys[:, t:], "v": values[:, t:], "valid": valid[:, t:]}
 

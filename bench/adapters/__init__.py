@@ -1,7 +1,8 @@
 """Per-framework adapters behind one small interface; `load(framework)` imports one lazily.
 
-An adapter module has `prepare(spec, *, batch, chunk_frames, dtype, native_device, mode, seed)
--> Session`. The session owns the built encoder, the compiled step, its input chunk and the sync
+An adapter module has `prepare(spec, *, batch, chunk_frames, dtype, native_device, mode, seed, precision)
+-> Session`; the session applies `precision` (bench.schema.PRECISIONS) in its framework before it
+compiles, and says what it set in `precision_applied`. The session owns the built encoder, the compiled step, its input chunk and the sync
 for its device, and `bench.measure` drives it without importing any framework.
 """
 
@@ -18,6 +19,7 @@ class Session(Protocol):
     mode: str
     compile_s: float | None  # ahead-of-time compile (JAX) or torch.compile's first calls; None in eager
     device_name: str
+    precision_applied: str  # the framework settings behind the run's precision, e.g. "jax_default_matmul_precision=highest"
 
     def initial_state(self) -> Any: ...  # a fresh streaming state for the batch
     def step(self, state: Any) -> tuple[Any, Any]: ...  # one chunk: (outputs, new_state)
@@ -70,11 +72,18 @@ def random_frames(batch: int, frames: int, dim: int) -> Any:
     return np.random.default_rng(0).standard_normal((batch, frames, dim), np.float32)
 
 
-def second_pass_segment(encoder: Any, batch: int) -> Callable[[], Any] | None:
-    """A callable encoding one cascade second-pass segment (numpy out, so already synchronised),
-    or None when the variant has no second pass."""
+def second_pass_segment(encoder: Any, batch: int, sync: Callable[[Any], None]) -> Callable[[], Any] | None:
+    """A callable encoding one cascade second-pass segment on the device and waiting for it with the
+    framework's `sync` (its input made once, beforehand: no host copy in or out is timed), or None
+    when the variant has no second pass."""
     sp = encoder.spec.second_pass
     if sp is None:
         return None
-    y = random_frames(batch, sp.segment_frames, encoder.spec.model_dim)
-    return lambda: encoder.second_pass_forward(y)
+    y = encoder.to_native(random_frames(batch, sp.segment_frames, encoder.spec.model_dim))
+
+    def segment():
+        out = encoder.second_pass_native(y)
+        sync(out)
+        return out
+
+    return segment

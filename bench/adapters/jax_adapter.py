@@ -25,10 +25,12 @@ MAX_PHASES = 16  # distinct state structures (time-reduction buffer counts) we c
 
 class JaxSession:
     def __init__(self, spec, *, batch: int, chunk_frames: int, dtype: str, native_device: Any, mode: str,
-                 seed: int):
-        # `device` (the kind, "cpu" | "gpu" | "tpu") is accepted from older callers and unused: the
-        # encoder is built on `native_device`.
+                 seed: int, precision: str):
         self.spec, self.batch, self.mode, self.dtype = spec, batch, mode, dtype
+        # Our precision names are JAX's (jax.lax.Precision): set before anything is traced, for the
+        # step, the second pass and the peaks alike. The worker process serves one precision.
+        jax.config.update("jax_default_matmul_precision", precision)
+        self.precision_applied = f"jax_default_matmul_precision={precision}"
         self.native_device = native_device
         self.device_name = device_name(native_device)
         self.encoder = enc = build_encoder(spec, "jax", seed=seed, dtype=dtype, device=native_device)
@@ -100,7 +102,7 @@ class JaxSession:
             f"jax on {self.device_name}: {n}^2 {self.dtype} matmul, 256 MiB elementwise copy (read+write)")
 
     def second_pass_step(self) -> Callable[[], Any] | None:
-        return second_pass_segment(self.encoder, self.batch)
+        return second_pass_segment(self.encoder, self.batch, self.sync)
 
 
 def _avals(state) -> dict[str, tuple]:

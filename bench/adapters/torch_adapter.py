@@ -46,12 +46,33 @@ class _StepForTrace(torch.nn.Module):
         return (y, *array_leaves(new_state))
 
 
+def apply_precision(precision: str, device: Any) -> str:
+    """Set how float32 matmuls and convolutions compute (bench.schema.PRECISIONS) for this process, to
+    match JAX's arithmetic on the same device; returns what was set.
+
+    CUDA: "highest" is IEEE float32 in cuBLAS and cuDNN (PyTorch's own default keeps cuDNN convolutions
+    in TF32); "high" and "default" are TF32, which is what JAX computes at both on NVIDIA GPUs. TPU:
+    torch_xla takes the same three names as JAX."""
+    if device.type == "xla":
+        import torch_xla.backends
+
+        torch_xla.backends.set_mat_mul_precision(precision)
+        return f"torch_xla.backends.set_mat_mul_precision({precision!r})"
+    mode = "ieee" if precision == "highest" else "tf32"
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = mode
+        torch.backends.cudnn.conv.fp32_precision = mode
+    else:
+        torch.set_float32_matmul_precision("highest" if mode == "ieee" else "high")
+        torch.backends.cudnn.allow_tf32 = mode == "tf32"
+    return f"cuda matmul and cudnn conv fp32 precision={mode}" + (" (no effect on CPU)" if device.type == "cpu" else "")
+
+
 class TorchSession:
     def __init__(self, spec, *, batch: int, chunk_frames: int, dtype: str, native_device: Any, mode: str,
-                 seed: int):
-        # `device` (the kind, "cpu" | "gpu" | "tpu") is accepted from older callers and unused: the
-        # encoder is built on `native_device`.
+                 seed: int, precision: str):
         self.spec, self.batch, self.mode, self.dtype = spec, batch, mode, dtype
+        self.precision_applied = apply_precision(precision, native_device)
         self.native_device = native_device
         self.device_name = device_name(native_device)
         self.encoder = enc = build_encoder(spec, "torch", seed=seed, dtype=dtype, device=native_device)
@@ -63,7 +84,9 @@ class TorchSession:
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # inductor's imports use torch.jit
-                self._run = run = _inference(torch.compile(enc.module.step))
+                # TPU tensors are lazy XLA tensors, compiled by the openxla backend, not by Inductor
+                backend = "openxla" if native_device.type == "xla" else "inductor"
+                self._run = run = _inference(torch.compile(enc.module.step, backend=backend))
             state = self.initial_state()
             t0 = time.perf_counter()
             with warnings.catch_warnings():
@@ -124,7 +147,7 @@ class TorchSession:
             f"torch on {self.device_name}: {n}^2 {self.dtype} matmul, 256 MiB copy (read+write)")
 
     def second_pass_step(self) -> Callable[[], Any] | None:
-        return second_pass_segment(self.encoder, self.batch)
+        return second_pass_segment(self.encoder, self.batch, self.sync)
 
 
 def prepare(spec, **kwargs) -> TorchSession:

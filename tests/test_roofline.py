@@ -1,0 +1,45 @@
+"""bench.roofline: named-device peaks follow the precision; accelerator peaks queue many kernels per sync."""
+
+import time
+
+import pytest
+
+from bench import roofline
+from bench.roofline import NAMED_DEVICES, TPU_BF16_PASSES
+
+
+def test_float32_peaks_follow_the_precision_that_computes_them():
+    h100, tpu = NAMED_DEVICES["h100"], NAMED_DEVICES["tpu_v4"]
+    assert h100.peak_flops("float32", "highest") == h100.peak_flops_fp32  # true float32: the FP32 units
+    assert h100.peak_flops("float32", "high") == h100.peak_flops("float32", "default") == h100.peak_flops_tf32
+    assert h100.peak_flops("bfloat16", "highest") == h100.peak_flops_bf16  # precision is about float32 only
+    for precision, passes in TPU_BF16_PASSES.items():  # a TPU runs float32 as bf16 passes
+        assert tpu.peak_flops("float32", precision) == pytest.approx(tpu.peak_flops_bf16 / passes)
+    phone = NAMED_DEVICES["phone_soc"]  # no TF32 mode: float32 at every precision
+    assert phone.peak_flops("float32", "default") == phone.peak_flops_fp32
+
+
+def test_a_compute_bound_prediction_is_slower_at_a_higher_precision():
+    flops, nbytes = 1e12, 1e6
+    fast = roofline.predict_latency_ms(flops, nbytes, "float32", "default")
+    exact = roofline.predict_latency_ms(flops, nbytes, "float32", "highest")
+    assert exact["tpu_v4"] == pytest.approx(6 * fast["tpu_v4"])
+    assert exact["h100"] > fast["h100"]
+
+
+def test_device_peaks_queue_many_kernels_and_wait_once_on_the_last():
+    calls = {"kernels": 0, "syncs": []}
+
+    def kernel():
+        calls["kernels"] += 1
+        return calls["kernels"]
+
+    def sync(out):
+        calls["syncs"].append(out)
+
+    peaks = roofline.measure_device_peaks(("test", time.time()), kernel, kernel, sync, matmul_flops=1.0,
+                                          copy_bytes=1.0, source="fake", kernels_per_sync=20)
+    bursts = len(calls["syncs"])
+    assert calls["kernels"] == 20 * bursts
+    assert all(out % 20 == 0 for out in calls["syncs"])  # each sync waits on the burst's last kernel
+    assert "20 kernels per sync" in peaks.source
