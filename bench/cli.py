@@ -156,6 +156,7 @@ def run_cmd(
     machine_tag: Annotated[Optional[str], typer.Option("--machine-tag", envvar="BENCH_MACHINE_TAG", help="Name of this machine; absolute latency budgets apply only to runs with their tag.")] = None,
     progress: ProgressFlag = True,
     plugin: PluginFlag = None,
+    profile: Annotated[bool, typer.Option("--profile", help="After timing, split each step's time into op classes with the framework's profiler (see 'bench profile').")] = False,
 ) -> None:
     """Measure variants x frameworks x batches on one device and write a run folder.
 
@@ -182,15 +183,20 @@ def run_cmd(
         run = _runnable(run, framework_named=framework is not None)
         out_dir = Path(run.out_dir)
         plan = replace(runner.RunPlan.from_config(run), device_name=machine.run_device_name(run.device, run.frameworks))
-        meta = runner.run_metadata(cfg.as_used(run, quick), machine_tag=run.machine_tag)
+        settings = cfg.measure_for(quick)
+        if profile or settings.profile:  # each class is shown beside its roofline bound: measure the peaks
+            settings = replace(settings, profile=True, roofline=True)
+        meta = runner.run_metadata(cfg.as_used(run, quick, settings), machine_tag=run.machine_tag)
         writer = results.RunWriter(out_dir, meta, table_md=report.run_table_markdown)
     typer.echo(f"bench: {len(plan.jobs())} measurements -> {out_dir}", err=True)
     try:
         with _user_errors():
-            summary = runner.run(plan, cfg.measure_for(quick), writer, progress=progress)
+            summary = runner.run(plan, settings, writer, progress=progress)
     except KeyboardInterrupt:
         _fail(f"interrupted; {len(writer.records)} records kept in {out_dir}", code=130)
     typer.echo((out_dir / results.TABLE_MD).read_text(encoding="utf-8"))
+    if settings.profile and (breakdown := report.render_profile(results.frame(summary.records))):
+        typer.echo(breakdown)
     typer.echo(f"{len(summary.records)} records in {out_dir} ({summary.elapsed_s:.0f} s)")
     if noise := summary.noise_line():
         typer.echo(noise)
@@ -211,6 +217,35 @@ def _runnable(run, framework_named: bool):
     if (Path(run.out_dir) / results.RESULTS_JSON).exists():
         raise UsageProblem(f"--out {run.out_dir} already holds a run; choose another folder")
     return replace(run, frameworks=frameworks)
+
+
+@app.command("profile")
+def profile_cmd(
+    variant: VariantFlag = None,
+    device: DeviceFlag = None,
+    framework: FrameworkFlag = None,
+    batch: BatchFlag = None,
+    dtype: DtypeFlag = None,
+    precision: PrecisionFlag = None,
+    config: ConfigFlag = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create. [default: reports/runs/<UTC time>-<device>/]")] = None,
+    progress: ProgressFlag = True,
+    plugin: PluginFlag = None,
+) -> None:
+    """Where a step's time goes: a quick run that then profiles each step with the framework's own
+    profiler (XLA's, torch.profiler) and splits it into op classes (FFN, attention projections,
+    attention state, conv, norms and elementwise, time reduction, and the framework's time outside
+    ops), each beside its own roofline bound. The run folder keeps every op in profiles/.
+
+    
+    Examples:
+      bench profile --variant baseline,practical --batch 1,64
+      bench profile --variant practical --framework torch --batch 64
+      bench plot reports/runs/<folder>            # includes the stacked bars of the breakdown
+    """
+    run_cmd(variant=variant, device=device, framework=framework, batch=batch, chunk=None, torch_modes=None,
+            dtype=dtype, precision=precision, config=config, out=out, quick=True, machine_tag=None,
+            progress=progress, plugin=plugin, profile=True)
 
 
 @app.command("ab")
@@ -318,6 +353,8 @@ def report_cmd(
         text = report.render_table(df, fmt)
         if fmt == "markdown" and (predictions := report.render_predictions(df)):
             text += "\n" + predictions
+        if fmt == "markdown" and (breakdown := report.render_profile(df)):
+            text += "\n" + breakdown
     _emit(text, out)
 
 

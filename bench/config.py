@@ -52,7 +52,9 @@ class MeasureSettings:
     prepare_workers: int  # workers that build and compile at once (before any timing; compile is mostly serial)
     counters: bool  # cross-check FLOPs with XLA / FlopCounterMode / fvcore (seconds per full-size model)
     second_pass: bool  # time the cascade's second pass too
-    roofline: bool  # measure this machine's peak FLOP/s and bandwidth (once per process)
+    roofline: bool  # measure this machine's peak FLOP/s and bandwidth
+    profile: bool  # after the rounds, split a step's time into op classes (bench.profile; `bench run --profile`)
+    profile_steps: int  # steps profiled (and as many timed plainly just before, in the same process) (once per process)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,12 +115,12 @@ class Config:
         data["path"] = str(self.path) if self.path is not None else None
         return data
 
-    def as_used(self, run: RunConfig, quick: bool) -> dict[str, Any]:
+    def as_used(self, run: RunConfig, quick: bool, settings: MeasureSettings | None = None) -> dict[str, Any]:
         """This config as a run used it, for its metadata: `run` (flags applied) in place of [run], and
-        which [measure] preset applied."""
+        the [measure] preset that applied (or `settings`, when flags changed it)."""
         data = dataclasses.replace(self, run=run).to_dict()
         data["quick_run"] = quick
-        data["measure_used"] = data["quick" if quick else "measure"]
+        data["measure_used"] = dataclasses.asdict(settings) if settings else data["quick" if quick else "measure"]
         return data
 
 
@@ -311,6 +313,8 @@ def _measure(reader: TableReader, base: MeasureSettings | None,
         counters=reader.boolean("counters", default("counters")),
         second_pass=reader.boolean("second_pass", default("second_pass")),
         roofline=reader.boolean("roofline", default("roofline")),
+        profile=reader.boolean("profile", default("profile")),
+        profile_steps=reader.positive_int("profile_steps", default("profile_steps")),
     )
 
 

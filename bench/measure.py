@@ -22,10 +22,10 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from bench import roofline, stats, timing
+from bench import profile, roofline, stats, timing
 from bench.config import MeasureSettings, load_config
 from bench.machine import DeviceUnavailableError, machine_info, resolve_device
 from bench.schema import DTYPE_BYTES, EXTRA_KEYS, PRECISIONS, RAW_STEP_KEY, RECORD_KEYS
@@ -98,6 +98,7 @@ class Prepared:
     record: dict[str, Any]
     session: Any = None  # None when preparing failed (the record says why)
     state: Any = None
+    timed_s: list[float] = field(default_factory=list)  # every step time_burst timed, in order
 
     def time_burst(self, steps: int, warmup: int = 0) -> list[float]:
         result = timing.time_steps(self.session.step, self.state, self.session.sync, warmup=warmup,
@@ -105,7 +106,24 @@ class Prepared:
         if not self.session.all_finite((result.outputs, result.state)):
             raise FloatingPointError("the step produced NaN/Inf (outputs or state) while being timed")
         self.state = result.state
+        self.timed_s.extend(result.step_s)
         return list(result.step_s)
+
+    def profile(self, steps: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """`steps` steps under the framework's profiler: the record's profile columns
+        (bench.profile.summarize, scaled to the median of the steps this session timed, which is the
+        record's p50; `steps` more are timed first when it timed none) and the raw ops."""
+        import statistics
+
+        if not self.timed_s:
+            self.time_burst(steps)
+        ops, wall_s, self.state = self.session.profile_ops(self.state, steps)
+        r = self.record
+        bounds = profile.class_bounds(self.session.encoder.spec, r["batch"], r["chunk_frames"], DTYPE_BYTES[r["dtype"]])
+        columns = profile.summarize(ops, wall_s, steps, statistics.median(self.timed_s), bounds,
+                                    r.get("peak_flops_per_s"), r.get("peak_bytes_per_s"))
+        columns["profile_source"] = self.session.profile_source
+        return columns, profile.raw_ops(ops)
 
 
 def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int, *, dtype: str = "float32",

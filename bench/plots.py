@@ -424,6 +424,51 @@ def state_vs_left_context(df: pd.DataFrame, max_context_s: float = 7.68,
     return fig
 
 
+@_paper_style
+def step_breakdown(df: pd.DataFrame) -> Figure | None:
+    """Stacked bars: where each variant's step goes, by op class (bench.profile), one panel per setting and
+    batch; beside each bar, a thin bar of the classes' own roofline bounds on this machine (their sum)."""
+    from bench.profile import BOUNDED, CLASSES, TIME_PREFIX
+
+    cols = [TIME_PREFIX + c for c in CLASSES]
+    if not set(cols) <= set(df.columns):
+        return None
+    df = _prepare(df)
+    df = df[df["_ok"] & pd.to_numeric(df[cols[0]], errors="coerce").notna()]
+    if df.empty:
+        return None
+    panels = [(setting, b) for setting in _settings(df) for b in sorted(df["batch"].dropna().unique())
+              if not df[(df["_setting"] == setting) & (df["batch"] == b)].empty]
+    ncols = min(2, len(panels))
+    fig, axes = _grid((len(panels) + ncols - 1) // ncols, ncols, row_height=2.4)
+    class_colours = {c: matplotlib.colormaps["tab10"](i) for i, c in enumerate(CLASSES)}
+    class_colours["outside_ops"] = "0.75"
+    order = variant_order(df)
+    for ax, (setting, b) in zip(axes.flat, panels):
+        sub = df[(df["_setting"] == setting) & (df["batch"] == b)].copy()
+        sub = sub.sort_values("variant", key=lambda v: v.map({n: i for i, n in enumerate(order)}))
+        x = np.arange(len(sub))
+        bottom = np.zeros(len(sub))
+        for c in CLASSES:
+            values = pd.to_numeric(sub[TIME_PREFIX + c], errors="coerce").fillna(0).to_numpy()
+            ax.bar(x - 0.12, values, 0.6, bottom=bottom, color=class_colours[c], label=c)
+            bottom += values
+        bound = sum(pd.to_numeric(sub.get(f"bound_ms_{c}"), errors="coerce").fillna(0).to_numpy()
+                    for c in BOUNDED if f"bound_ms_{c}" in sub)
+        if np.any(bound):
+            ax.bar(x + 0.3, bound, 0.15, color="black", label="roofline bound (sum of classes)")
+        ax.set_xticks(x, sub["variant"], rotation=30, ha="right")
+        ax.set_ylabel("ms per step")
+        ax.set_title(f"{setting}, batch {b}")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles = [matplotlib.patches.Patch(facecolor=class_colours[c], label=c) for c in CLASSES]
+    handles.append(matplotlib.patches.Patch(facecolor="black", label="roofline bound"))
+    _variant_legend(fig, [], {}, handles=handles)
+    fig.suptitle("Where a step's time goes (op classes, profiled)")
+    return fig
+
+
 # ---- all of them --------------------------------------------------------------------------------------
 
 PLOTS: dict[str, Callable[..., Figure | None]] = {
@@ -433,6 +478,7 @@ PLOTS: dict[str, Callable[..., Figure | None]] = {
     "latency_vs_batch": latency_vs_batch,
     "params_vs_latency": params_vs_latency,
     "roofline": roofline,
+    "step_breakdown": step_breakdown,
 }
 
 

@@ -337,3 +337,48 @@ def render_predictions(df: pd.DataFrame) -> str:
             "bytes / bandwidth) from the analytic counts and public peaks (bench/roofline.py), not measured"
             + (f"; peaks for {arithmetic}" if arithmetic else ""))
     return note + "\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+# ---- where a step's time goes (bench profile) -------------------------------------------------------
+
+def profile_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per profiled record (variant, framework/mode, batch): the step's p50, then ms per step
+    of each op class (bench.profile.CLASSES, summing to the un-profiled step) with the attention
+    state's share, and measured / bound for the classes that have a bound."""
+    from bench.profile import BOUNDED, CLASSES, TIME_PREFIX
+
+    cols = [TIME_PREFIX + c for c in CLASSES]
+    if df.empty or not set(cols) <= set(df.columns):
+        return pd.DataFrame()
+    profiled = df[pd.to_numeric(df[cols[0]], errors="coerce").notna()]
+    rows = []
+    order = {v: i for i, v in enumerate(variant_order(df))}
+    for _, r in sorted(profiled.iterrows(), key=lambda kv: (str(kv[1]["framework"]), kv[1]["batch"],
+                                                           order.get(kv[1]["variant"], 99))):
+        step = sum(num(r[c]) for c in cols)
+        row = {"variant": r["variant"], "setting": f"{r['framework']}/{r['mode']} b={int(r['batch'])}",
+               "p50 (ms)": num(r.get("latency_ms_p50")), "classes (ms)": step}
+        row.update({f"{c} (ms)": num(r[TIME_PREFIX + c]) for c in CLASSES})
+        row["attn_state share"] = num(r[TIME_PREFIX + "attn_state"]) / step if step else float("nan")
+        row.update({f"{c} /bound": num(r.get(f"measured_over_bound_{c}")) for c in BOUNDED})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render_profile(df: pd.DataFrame) -> str:
+    """The breakdown as markdown, headed by where it comes from; "" when nothing was profiled."""
+    table = profile_table(df)
+    if table.empty:
+        return ""
+    shown = table.copy()
+    for col in shown.columns[2:]:
+        if col.endswith("share"):
+            shown[col] = shown[col].map(lambda v: f"{v:.0%}" if v == v else "–")
+        else:
+            shown[col] = shown[col].map(lambda v: f"{v:.3g}" if v == v else "–")
+    sources = "; ".join(sorted({str(s) for s in df.get("profile_source", pd.Series(dtype=object)).dropna()}))
+    note = ("> where a step's time goes (ms per step, bench.profile): op classes from the framework's profiler "
+            f"({sources}); `outside_ops` = time when no op ran (dispatch, host work); "
+            "classes scaled onto the step's p50 (`profile_scale`: the profiler's own stretch); "
+            "`/bound` = measured / the class's own roofline bound on this machine (analytic FLOPs and bytes)")
+    return note + "\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"

@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 TABLE_MD = "table.md"
 RAW_TIMES_JSON = "raw_times.json"
+PROFILES_DIR = "profiles"  # one JSON per profiled record: every op with its module path, class and duration
 SCHEMA_VERSION = 2  # 2: raw_times.json holds one list per interleaved round
 
 
@@ -104,8 +106,13 @@ class RunWriter:
         except OSError as e:
             raise ResultsError(f"{self.dir}: cannot write a run folder here ({e.strerror or e})") from None
 
-    def add(self, record: Mapping[str, Any], rounds: Sequence[Sequence[float]] | None = None) -> None:
-        """Store a record and its step times in seconds, one list per interleaved round."""
+    def add(self, record: Mapping[str, Any], rounds: Sequence[Sequence[float]] | None = None,
+            profile_ops: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """Store a record and its step times in seconds, one list per interleaved round, and its raw
+        profile (bench.profile.raw_ops) when it was profiled."""
+        if profile_ops is not None:
+            profile_path(self.dir, record).parent.mkdir(exist_ok=True)
+            atomic_write_text(profile_path(self.dir, record), _dumps({"key": raw_key(record), "ops": list(profile_ops)}))
         self.records.append(dict(record))
         if rounds is not None:
             self.raw_times[raw_key(record)] = [[float(t) for t in burst] for burst in rounds]
@@ -127,6 +134,11 @@ class RunWriter:
         if self.table_md is not None:
             atomic_write_text(self.dir / TABLE_MD, self.table_md(df))
         atomic_write_text(self.dir / RESULTS_JSON, _dumps({"meta": self.meta, "records": self.records}))
+
+
+def profile_path(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
+    """Where a run folder keeps a record's raw profile: profiles/<raw key, '|' as '_'>.json."""
+    return Path(run_dir) / PROFILES_DIR / (re.sub(r"[^\w.\-]+", "_", raw_key(record)) + ".json")
 
 
 # ---- reading runs -------------------------------------------------------------------------------

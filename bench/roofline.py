@@ -1,8 +1,10 @@
 """Roofline: this machine's measured peaks, the per-step lower bound, and predictions for named devices.
 
 A step cannot run faster than max(FLOPs / peak FLOP/s, bytes moved / memory bandwidth). The host's
-peaks are measured once per process with numpy: bandwidth with a large array copy (STREAM "copy":
-read + write both counted), peak FLOP/s with a large float32 matmul (FLOPs = 2 x multiply-adds).
+peaks are the best that any installed runtime reaches, measured once per process: numpy and each
+framework run a large matmul (FLOPs = 2 x multiply-adds), a read stream and a copy (STREAM "copy":
+read + write both counted); the fastest of them sets each peak, so a slow BLAS in one of them does
+not pass for the machine.
 Accelerators are measured by the framework adapter on the device itself (`measure_device_peaks`).
 On a CPU the float32 numpy peak serves both dtypes: XLA and PyTorch CPU kernels mostly compute
 bfloat16 matmuls in float32, so bfloat16 only halves the bytes, not the FLOP time.
@@ -109,7 +111,9 @@ def _best_time(fn: Callable[[], Any], repeats: int = REPEATS) -> float:
     return best
 
 
-def _numpy_copy_bandwidth(nbytes: int = COPY_BYTES) -> float:
+def _numpy_rates(nbytes: int = COPY_BYTES, n: int = MATMUL_N) -> dict[str, float]:
+    """numpy's matmul rate, read-stream and copy bandwidth on this host (threads over slices: numpy
+    releases the GIL while it reads and copies)."""
     # Imported here, not at the top: bench.schema reads NAMED_DEVICES, and `bench --help` stays instant.
     import numpy as np
 
@@ -120,36 +124,63 @@ def _numpy_copy_bandwidth(nbytes: int = COPY_BYTES) -> float:
     threads = usable_cores()
     bounds = np.linspace(0, src.size, threads + 1).astype(int)
     slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-
-    def one_thread():
-        np.copyto(dst, src)
-
-    def all_threads():  # numpy releases the GIL while copying, so slices copy in parallel
-        list(pool.map(lambda s: np.copyto(dst[s], src[s]), slices))
-
-    with ThreadPoolExecutor(threads) as pool:
-        best = min(_best_time(one_thread), _best_time(all_threads))
-    return 2 * src.nbytes / best  # read + write
-
-
-def _numpy_matmul_flops(n: int = MATMUL_N) -> float:
-    import numpy as np
-
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), np.float32)
     b = rng.standard_normal((n, n), np.float32)
-    return 2 * n**3 / _best_time(lambda: a @ b)
+    with ThreadPoolExecutor(threads) as pool:
+        copy_s = min(_best_time(lambda: np.copyto(dst, src)),
+                     _best_time(lambda: list(pool.map(lambda s: np.copyto(dst[s], src[s]), slices))))
+        read_s = _best_time(lambda: list(pool.map(lambda s: float(src[s].sum()), slices)))
+    return {"flops_per_s": 2 * n**3 / _best_time(lambda: a @ b), "read_bytes_per_s": src.nbytes / read_s,
+            "copy_bytes_per_s": 2 * src.nbytes / copy_s}
+
+
+def host_rates_fn(matmul: Callable[[], Any], read: Callable[[], Any], copy: Callable[[], Any],
+                  sync: Callable[[Any], Any], n: int, nbytes: int) -> dict[str, float]:
+    """A framework's rates on the host from its own kernels: an n x n matmul, a read of `nbytes`
+    (a sum) and a copy of them (`copy` writes as many bytes as it reads)."""
+    return {"flops_per_s": 2 * n**3 / _best_time(lambda: sync(matmul())),
+            "read_bytes_per_s": nbytes / _best_time(lambda: sync(read())),
+            "copy_bytes_per_s": 2 * nbytes / _best_time(lambda: sync(copy()))}
 
 
 _CACHE: dict[tuple, Peaks] = {}
 
 
-def host_peaks() -> Peaks:
-    """This host's copy bandwidth and float32 matmul peak, measured with numpy once per process (~2 s)."""
-    key = ("host",)
+def host_peaks(dtype: str = "float32") -> Peaks:
+    """This host's peaks: the best matmul rate and the best bandwidth that any installed runtime reaches
+    (numpy and each framework adapter's `host_rates`), measured once per process (a few seconds).
+    The source names every runtime's figures and which one set each peak.
+
+    numpy is measured at float32 (it has no bfloat16); the frameworks at `dtype`. The bandwidth is the
+    better of a read stream and a copy (read + write counted)."""
+    import importlib.util
+
+    from bench import adapters
+    from bench.schema import FRAMEWORKS
+
+    key = ("host", dtype)
     if key not in _CACHE:
-        _CACHE[key] = Peaks(_numpy_matmul_flops(), _numpy_copy_bandwidth(),
-                            f"numpy: {MATMUL_N}^2 float32 matmul, {COPY_BYTES >> 20} MiB copy (read+write)")
+        rates = {"numpy": _numpy_rates()}
+        for framework in FRAMEWORKS:
+            if importlib.util.find_spec(framework) is not None:
+                try:
+                    rates[framework] = adapters.load(framework).host_rates(dtype, MATMUL_N, COPY_BYTES)
+                except Exception as e:  # noqa: BLE001 - a runtime that cannot measure is left out, and said so
+                    rates[framework] = {"error": f"{type(e).__name__}: {e}"}
+        measured = {rt: r for rt, r in rates.items() if "error" not in r}
+        flops_by = max(measured, key=lambda rt: measured[rt]["flops_per_s"])
+        bw = {(rt, kind): r[f"{kind}_bytes_per_s"] for rt, r in measured.items() for kind in ("read", "copy")}
+        bw_by = max(bw, key=bw.get)
+        figures = "; ".join(
+            f"{rt} " + (r["error"] if "error" in r else
+                        f"{r['flops_per_s'] / 1e9:.0f} GFLOP/s, read {r['read_bytes_per_s'] / 1e9:.1f} GB/s, "
+                        f"copy {r['copy_bytes_per_s'] / 1e9:.1f} GB/s")
+            for rt, r in rates.items())
+        _CACHE[key] = Peaks(
+            measured[flops_by]["flops_per_s"], bw[bw_by],
+            f"host peaks: matmul {flops_by}, bandwidth {bw_by[0]} {bw_by[1]} (best of: {figures}; "
+            f"{MATMUL_N}^2 matmul, {COPY_BYTES >> 20} MiB read and copy)")
     return _CACHE[key]
 
 

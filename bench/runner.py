@@ -229,6 +229,7 @@ class _Group:
         self.alive: list[Job] = []
         self.order: list[list[Job]] = []  # the order each round ran in
         self.capped = False  # the rounds stopped at max_time_s before min_time_s was reached
+        self.profiles: dict[Job, list[dict[str, Any]]] = {}  # raw profile ops of each profiled job
 
     def ask(self, pool: "WorkerPool", job: Job, request: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
         """The worker's reply, or None after failing the job (its worker died, hung or answered an error)."""
@@ -257,7 +258,7 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
     summary = RunSummary(records=writer.records)
     clock_start = machine.cpu_clock_mhz()
     summary.busy_before = machine.busy_cores()
-    known_peaks: dict[tuple, dict[str, Any]] = {}  # (framework, device, dtype, precision) -> peak columns, measured once
+    known_peaks: dict[tuple, dict[str, Any]] = {}  # _peaks_key -> peak columns, measured once
     start = time.perf_counter()
     status = "complete"
     try:
@@ -268,9 +269,11 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                 try:
                     _prepare(group, plan, settings, pool, known_peaks, bar, task)
                     _rounds(group, settings, pool, rng, bar, task)
+                    if settings.profile:
+                        _profile(group, settings, pool, bar, task)
                 finally:  # an interrupted group still keeps every round it timed
                     for job, record in _finish(group, settings).items():
-                        writer.add(record, group.rounds[job])
+                        writer.add(record, group.rounds[job], group.profiles.get(job))
                         bar.console.print(_done_line(record, job), highlight=False)
                     for job in group.alive:
                         try:
@@ -302,7 +305,7 @@ def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: Work
     from concurrent.futures import ThreadPoolExecutor
 
     def prepare(job: Job) -> None:
-        peaks_key = (job.framework, plan.device, plan.dtype, plan.precision)
+        peaks_key = _peaks_key(job, plan)
         args = dict(variant=job.variant, framework=job.framework, device=plan.device, batch=job.batch,
                     chunk_frames=plan.chunk_frames, dtype=plan.dtype, precision=plan.precision, mode=job.mode,
                     settings=asdict(settings), known_peaks=known_peaks.get(peaks_key))
@@ -323,12 +326,18 @@ def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: Work
     bar.update(task, description=f"preparing {group.jobs[0].framework}/{group.jobs[0].mode} "
                                  f"batch {group.jobs[0].batch}")
     jobs = list(group.jobs)
-    if settings.roofline and (jobs[0].framework, plan.device, plan.dtype, plan.precision) not in known_peaks:
+    if settings.roofline and _peaks_key(jobs[0], plan) not in known_peaks:
         prepare(jobs.pop(0))
     # a shared worker answers one request at a time
     with ThreadPoolExecutor(max_workers=1 if pool.shared else max(1, settings.prepare_workers)) as executor:
         list(executor.map(prepare, jobs))
     group.alive = [job for job in group.jobs if group.records[job].get("status") == "prepared"]
+
+
+def _peaks_key(job: Job, plan: RunPlan) -> tuple:
+    """Which measured peaks a job can reuse: the host's are every runtime's best, one set per run for
+    both frameworks; an accelerator's are each framework's own kernels on it."""
+    return (None if plan.device == "cpu" else job.framework, plan.device, plan.dtype, plan.precision)
 
 
 def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: random.Random, bar, task) -> None:
@@ -362,6 +371,25 @@ def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: ran
         if time.perf_counter() - start >= settings.max_time_s:
             group.capped = True
             break
+
+
+def _profile(group: _Group, settings: MeasureSettings, pool: WorkerPool, bar, task) -> None:
+    """After the rounds, each live job's step split into op classes (bench.profile), one job at a time.
+    A profile that fails is noted in its record (`profile_error`); its timing stands."""
+    for job in list(group.alive):
+        bar.update(task, description=f"profiling {job.label()}")
+        try:
+            reply = pool.get(job).request({"cmd": "profile", "key": session_key(job), "steps": settings.profile_steps},
+                                          settings.timeout_s)
+        except WorkerDied as e:  # the session is gone with its worker; the rounds it was timed in stand
+            group.records[job]["profile_error"] = str(e)
+            group.alive.remove(job)
+            continue
+        if "error" in reply:
+            group.records[job]["profile_error"] = reply["error"]
+            continue
+        group.records[job].update(reply["columns"])
+        group.profiles[job] = reply["ops"]
 
 
 def _finish(group: _Group, settings: MeasureSettings) -> dict[Job, dict[str, Any]]:

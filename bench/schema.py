@@ -5,6 +5,7 @@ Every other module imports these names from here; none keeps its own list.
 
 from __future__ import annotations
 
+from bench import profile
 from bench.roofline import NAMED_DEVICES
 from variants.build import DTYPE_BYTES, FRAMEWORKS  # what the models can be built in is the models' fact
 
@@ -50,7 +51,7 @@ EXTRA_KEYS = (
     "timing_capped", "warmup_iterations", "peak_flops_per_s", "peak_bytes_per_s", "peaks_source",
     "warnings", "measure_wall_s", *(f"roofline_ms_{k}" for k in NAMED_DEVICES),
     "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "rounds", "steps_per_round", "worker", "revision",
-    "precision_applied",
+    "precision_applied", *profile.COLUMNS,
 )
 
 

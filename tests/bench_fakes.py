@@ -43,8 +43,9 @@ class FakeWorkers:
     def __init__(self, fail: tuple[str, ...] = (), raise_for: tuple[str, ...] = (),
                  die: dict[str, tuple[str, int, str]] | None = None, interrupt_at: int | None = None,
                  drift: Callable[[int], float] | None = None, noise: float = 0.02,
-                 p50: Callable[[str, str, int], float] = p50_s):
+                 p50: Callable[[str, str, int], float] = p50_s, profile_fails: tuple[str, ...] = ()):
         self.fail, self.raise_for, self.die = fail, raise_for, dict(die or {})
+        self.profile_fails = profile_fails  # variants whose profile request answers an error
         self.interrupt_at, self.drift, self.noise, self.p50 = interrupt_at, drift, noise, p50
         self.calls: list[dict[str, Any]] = []  # the args of every prepare request
         self.requests: list[tuple[str, str, str | None]] = []  # (worker id, cmd, key) in order
@@ -106,6 +107,14 @@ class FakeWorker:
         if cmd == "drop":
             self.sessions.pop(key, None)
             return {}
+        if cmd == "profile":
+            if variant in self.lab.profile_fails:
+                return {"error": "RuntimeError: profiler unavailable"}
+            p50_ms = 1e3 * self.sessions[key]["p50"]
+            return {"columns": {"time_ms_ffn": 0.6 * p50_ms, "time_ms_outside_ops": 0.4 * p50_ms,
+                                "profile_source": "fake"},
+                    "ops": [{"name": "matmul", "path": "blocks.0.ffn.0", "class": "ffn", "start_us": 0.0,
+                             "dur_us": 600.0 * p50_ms}]}
         return {"error": f"unknown request {cmd!r}"}
 
     def _prepare(self, args: dict[str, Any], key: str) -> dict[str, Any]:

@@ -49,9 +49,25 @@ def records(device: str = "cpu", device_name: str = "Synthetic CPU", failed: tup
                     "error": None if ok else "FloatingPointError: NaN in output",
                     **({"peak_flops_per_s": 5e10, "peak_bytes_per_s": 1e10, "peaks_source": "synthetic"}
                        if peaks else {}),
+                    **(_profile_columns(p50) if ok else {}),
                 })
     df = pd.DataFrame(rows)
     return df.sample(frac=1.0, random_state=seed).reset_index(drop=True) if shuffle else df
+
+
+PROFILE_SHARES = {"ffn": 0.4, "attn_proj": 0.1, "attn_state": 0.2, "conv": 0.15, "norm_elementwise": 0.05,
+                  "time_reduction": 0.02, "unmapped": 0.0, "outside_ops": 0.08}  # of the p50; they sum to 1
+
+
+def _profile_columns(p50: float) -> dict:
+    """What `bench run --profile` adds: the p50 split into op classes, and each class's bound."""
+    from bench.profile import BOUNDED, TIME_PREFIX
+
+    out = {TIME_PREFIX + c: share * p50 for c, share in PROFILE_SHARES.items()}
+    out.update({f"bound_ms_{c}": 0.5 * PROFILE_SHARES[c] * p50 for c in BOUNDED})
+    out.update({f"measured_over_bound_{c}": 2.0 for c in BOUNDED})
+    out["profile_source"] = "synthetic"
+    return out
 
 
 def raw_times(df: pd.DataFrame, n: int = 200, seed: int = 0) -> dict[str, list[float]]:

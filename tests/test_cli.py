@@ -117,7 +117,7 @@ def test_list_takes_a_glob():
     assert [line.split()[0] for line in result.stdout.strip().splitlines()] == ["practical", "practical_cascade"]
 
 
-@pytest.mark.parametrize("verb", ["list", "run", "report", "plot", "compare", "env", "check"])
+@pytest.mark.parametrize("verb", ["list", "run", "profile", "report", "plot", "compare", "env", "check"])
 def test_every_verb_has_help_with_examples(verb):
     result = invoke(verb, "--help")
     assert result.exit_code == 0

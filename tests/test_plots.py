@@ -88,3 +88,17 @@ def test_axes_are_labelled_with_units(name):
         assert ax.get_xlabel() or ax.get_subplotspec().rowspan.stop < ax.get_gridspec().nrows
     labels = " ".join(ax.get_ylabel() + ax.get_xlabel() for ax in fig.axes)
     assert "(" in labels  # a unit in parentheses: (ms), (x), (M), (FLOP/byte)
+
+
+def test_step_breakdown_stacks_each_variants_classes_to_its_p50():
+    from bench.profile import CLASSES
+
+    df = records(names=["baseline", "practical"], failed=("practical",))
+    fig = plots.step_breakdown(df)
+    ax = fig.axes[0]
+    stacked = [p for p in ax.patches if p.get_width() == pytest.approx(0.6)]
+    assert len(stacked) == len(CLASSES)  # one bar per class for the one ok variant (the failed one is left out)
+    top = max(p.get_y() + p.get_height() for p in stacked)
+    base = df[(df["variant"] == "baseline") & (df["framework"] == "jax") & (df["batch"] == 1)].iloc[0]
+    assert top == pytest.approx(base["latency_ms_p50"])
+    assert plots.step_breakdown(records(names=["baseline"]).drop(columns=[c for c in df if c.startswith("time_ms_")])) is None

@@ -140,3 +140,11 @@ def test_predicted_table_divides_the_baseline_bound_by_each_variants():
     assert table.set_index("variant").loc["practical", "tpu_v4 speedup (x)"] == pytest.approx(4.0)
     assert "not measured" in report.render_predictions(df)
     assert report.predicted_table(df.drop(columns="roofline_ms_tpu_v4")).empty
+
+
+def test_the_profile_table_shows_each_class_and_the_attention_states_share():
+    from synthetic_runs import records
+
+    text = report.render_profile(records(names=["baseline"]))
+    assert "attn_state share" in text and "20%" in text and "outside_ops (ms)" in text
+    assert report.render_profile(records(names=["baseline"]).drop(columns=["time_ms_ffn"])) == ""

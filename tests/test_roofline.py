@@ -43,3 +43,35 @@ def test_device_peaks_queue_many_kernels_and_wait_once_on_the_last():
     assert calls["kernels"] == 20 * bursts
     assert all(out % 20 == 0 for out in calls["syncs"])  # each sync waits on the burst's last kernel
     assert "20 kernels per sync" in peaks.source
+
+
+def test_host_peaks_are_the_best_any_runtime_reaches_and_say_which(monkeypatch):
+    from bench import adapters
+
+    monkeypatch.setattr(roofline, "_CACHE", {})
+    monkeypatch.setattr(roofline, "_numpy_rates", lambda: {
+        "flops_per_s": 250e9, "read_bytes_per_s": 30e9, "copy_bytes_per_s": 42e9})
+    rates = {"jax": {"flops_per_s": 380e9, "read_bytes_per_s": 35e9, "copy_bytes_per_s": 10e9},
+             "torch": {"flops_per_s": 300e9, "read_bytes_per_s": 41e9, "copy_bytes_per_s": 40e9}}
+    monkeypatch.setattr(adapters, "load", lambda fw: type("A", (), {"host_rates": staticmethod(
+        lambda dtype, n, nbytes, fw=fw: rates[fw])}))
+    peaks = roofline.host_peaks()
+    assert peaks.flops_per_s == 380e9 and peaks.bytes_per_s == 42e9
+    assert "matmul jax" in peaks.source and "bandwidth numpy copy" in peaks.source
+    for figure in ("numpy 250 GFLOP/s", "jax 380 GFLOP/s", "torch 300 GFLOP/s"):
+        assert figure in peaks.source
+
+
+def test_a_runtime_that_cannot_measure_is_named_and_left_out(monkeypatch):
+    from bench import adapters
+
+    monkeypatch.setattr(roofline, "_CACHE", {})
+    monkeypatch.setattr(roofline, "_numpy_rates", lambda: {
+        "flops_per_s": 250e9, "read_bytes_per_s": 30e9, "copy_bytes_per_s": 42e9})
+
+    def broken(dtype, n, nbytes):
+        raise RuntimeError("no bfloat16 matmul here")
+
+    monkeypatch.setattr(adapters, "load", lambda fw: type("A", (), {"host_rates": staticmethod(broken)}))
+    peaks = roofline.host_peaks("bfloat16")
+    assert peaks.flops_per_s == 250e9 and "no bfloat16 matmul here" in peaks.source

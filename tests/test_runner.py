@@ -372,3 +372,21 @@ def test_precision_travels_to_every_worker_and_into_every_record(tmp_path):
     summary, _ = go(tmp_path, lab, plan(precision="high"))
     assert {c["precision"] for c in lab.calls} == {"high"}
     assert {r["precision"] for r in summary.records} == {"high"}
+
+
+def test_profiling_after_the_rounds_adds_the_classes_and_keeps_every_op_in_the_folder(tmp_path):
+    from bench import results
+
+    lab = FakeWorkers(profile_fails=("conv_lower",))
+    the_plan = plan()
+    summary = runner.run(the_plan, dataclasses.replace(SETTINGS, profile=True, profile_steps=3),
+                         RunWriter(tmp_path, {}), progress=False, pool=lab.pool(the_plan), seed=0)
+    by_variant = {r["variant"]: r for r in summary.records}
+    assert all(r["status"] == "ok" for r in summary.records)  # a failed profile never costs the timing
+    assert by_variant["baseline"]["time_ms_ffn"] > 0 and by_variant["baseline"]["profile_source"] == "fake"
+    assert by_variant["conv_lower"]["profile_error"] == "RuntimeError: profiler unavailable"
+    assert by_variant["conv_lower"].get("time_ms_ffn") is None
+    assert results.profile_path(tmp_path, by_variant["baseline"]).exists()
+    assert not results.profile_path(tmp_path, by_variant["conv_lower"]).exists()
+    cmds = [cmd for _, cmd, _ in lab.requests]
+    assert cmds.index("profile") > max(i for i, c in enumerate(cmds) if c == "time")  # after every round

@@ -29,6 +29,8 @@ class Session(Protocol):
     def count_flops(self) -> dict[str, Any]: ...  # source -> bench.counters.FlopCount
     def peaks(self) -> Any: ...  # bench.roofline.Peaks of the device
     def second_pass_step(self) -> Callable[[], Any] | None: ...  # encodes one segment, synchronised
+    profile_source: str  # which profiler `profile_ops` uses, for reports
+    def profile_ops(self, state: Any, steps: int) -> tuple[list, float, Any]: ...  # bench.profile.Op list, wall s, state
 
 
 def load(framework: str):

@@ -8,14 +8,17 @@ returned, never a buffer already passed.
 
 from __future__ import annotations
 
+import re
+import tempfile
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from bench import counters, roofline
+from bench import counters, profile, roofline
 from bench.adapters import build_encoder, random_frames, second_pass_segment
 from bench.machine import device_name
 from variants.state import array_leaves, state_nbytes
@@ -88,7 +91,7 @@ class JaxSession:
 
     def peaks(self) -> roofline.Peaks:
         if self.native_device.platform == "cpu":
-            return roofline.host_peaks()
+            return roofline.host_peaks(self.dtype)
         n = 8192
         dt = jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
         with jax.default_device(self.native_device):
@@ -103,6 +106,89 @@ class JaxSession:
 
     def second_pass_step(self) -> Callable[[], Any] | None:
         return second_pass_segment(self.encoder, self.batch, self.sync)
+
+    profile_source = "jax.profiler trace of the compiled step: XLA ops, module paths from their metadata"
+
+    def profile_ops(self, state, steps: int) -> tuple[list[profile.Op], float, Any]:
+        """`steps` synchronised steps under JAX's profiler: every executed XLA op with the module path
+        XLA kept in its metadata (flax's name stack), their wall time, and the state after them."""
+        paths: dict[str, str] = {}
+        for compiled in self._compiled.values():
+            for name, path in _hlo_op_paths(compiled.as_text()).items():
+                paths.setdefault(name, path)
+        with tempfile.TemporaryDirectory() as folder:
+            with jax.profiler.trace(folder):
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    y, state = self.step(state)
+                    self.sync((y, state))
+                wall_s = time.perf_counter() - t0
+            (trace,) = Path(folder).rglob("*.xplane.pb")
+            data = jax.profiler.ProfileData.from_file(str(trace))
+            ops = [profile.Op(event.name, paths[event.name], event.start_ns / 1e9,
+                              (event.start_ns + event.duration_ns) / 1e9)
+                   for plane in data.planes for line in plane.lines if line.name != "python"
+                   for event in line.events if event.name in paths]
+        return ops, wall_s, state
+
+
+_HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = [^(]*?(\w[\w\-]*)\(([^)]*)\)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_COMPUTATION = re.compile(r"^%?([\w.\-]+) .*\{\s*$")
+_OPERAND = re.compile(r"%?([\w.\-]+)")
+
+
+def _hlo_op_paths(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> the module path of the JAX op it came from (metadata op_name).
+
+    XLA's own instructions have no metadata: a fusion or wrapped op takes its computation's root's
+    (or else the first one it holds); a parameter's path is its argument's name (bench.profile reads
+    a state leaf as the module that owns it); anything else (e.g. a layout copy of the state, a rewritten dot) takes its
+    weight operand's, or else its first operand's that has one."""
+    paths: dict[str, str] = {}
+    operands: dict[str, list[str]] = {}
+    calls: dict[str, str] = {}
+    roots: dict[str, str] = {}
+    first: dict[str, str] = {}
+    computation = None
+    for line in hlo_text.splitlines():
+        if (header := _COMPUTATION.match(line)) and " = " not in line:
+            computation = header.group(1)
+            continue
+        if not (instruction := _HLO_INSTRUCTION.match(line)):
+            continue
+        name, opcode, args = instruction.groups()
+        op_name = _OP_NAME.search(line)
+        paths[name] = op_name.group(1) if op_name else ""
+        if opcode == "parameter":  # its argument ("state['blocks'][11]['s']") or HLO name ("params__blocks_3__ffn_0...")
+            paths[name] = op_name.group(1) if op_name else "/".join(p for p in re.split(r"_{2,}|\.", name) if p)
+        if not op_name:
+            operands[name] = _OPERAND.findall(args)
+            if called := _CALLS.search(line):
+                calls[name] = called.group(1)
+        if computation and op_name:
+            first.setdefault(computation, op_name.group(1))
+            if line.lstrip().startswith("ROOT"):
+                roots[computation] = op_name.group(1)
+    for name, computation in calls.items():
+        paths[name] = roots.get(computation) or first.get(computation, "")
+    for name, args in operands.items():  # in text order, so an operand is resolved before its user
+        if not paths[name]:  # a weight names its module best (a dot's activation comes from the layer before)
+            known = [paths[a] for a in args if paths.get(a)]
+            paths[name] = next((p for p in known if p.startswith("params")), known[0] if known else "")
+    return paths
+
+
+def host_rates(dtype: str, n: int, nbytes: int) -> dict[str, float]:
+    """JAX's matmul rate and read/copy bandwidth on the host CPU (for bench.roofline.host_peaks)."""
+    dt = jnp.dtype(dtype)
+    cpu = jax.devices("cpu")[0]
+    a = jax.device_put(jnp.ones((n, n), dt), cpu)
+    big = jax.device_put(jnp.ones(nbytes // dt.itemsize, dt), cpu)
+    mm, total, plus = jax.jit(lambda a: a @ a), jax.jit(jnp.sum), jax.jit(lambda v: v + 1)
+    return roofline.host_rates_fn(lambda: mm(a), lambda: total(big), lambda: plus(big), jax.block_until_ready,
+                                  n, big.nbytes)
 
 
 def _avals(state) -> dict[str, tuple]:

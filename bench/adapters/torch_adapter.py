@@ -7,13 +7,14 @@ first call; a second call may recompile once the state's guards change), so no t
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from typing import Any, Callable
 
 import torch
 
-from bench import counters, roofline
+from bench import counters, profile, roofline
 from bench.adapters import build_encoder, random_frames, second_pass_segment
 from bench.machine import device_name
 from variants.state import array_leaves, map_arrays, state_nbytes
@@ -44,6 +45,37 @@ class _StepForTrace(torch.nn.Module):
         it = iter(tensors)
         y, new_state = self.module.step(x, map_arrays(lambda _: next(it), self._template))
         return (y, *array_leaves(new_state))
+
+
+SCOPE = "module:"  # torch.profiler ranges that name a module path
+
+
+@contextlib.contextmanager
+def _module_ranges(root: torch.nn.Module):
+    """Run the submodules' forward and step inside record_function ranges named by their paths (the
+    instance attributes shadow the class's methods, and are removed again on exit). Every range costs
+    time, so a leaf module of its parent's class gets none."""
+    wrapped = []
+
+    def scoped(method, name):
+        def run(*args, **kwargs):
+            with torch.profiler.record_function(SCOPE + name):
+                return method(*args, **kwargs)
+        return run
+
+    for name, module in root.named_modules():
+        parent = name.rpartition(".")[0]
+        if not name or (not list(module.children()) and profile.op_class(name) == profile.op_class(parent)):
+            continue  # a leaf of its parent's class (an FFN's Dense): the parent's range names it, at less cost
+        for attr in ("forward", "step"):
+            if hasattr(type(module), attr) and attr not in vars(module):
+                setattr(module, attr, scoped(getattr(module, attr), name))
+                wrapped.append((module, attr))
+    try:
+        yield
+    finally:
+        for module, attr in wrapped:
+            delattr(module, attr)
 
 
 def apply_precision(precision: str, device: Any) -> str:
@@ -135,7 +167,7 @@ class TorchSession:
 
     def peaks(self) -> roofline.Peaks:
         if self.native_device.type == "cpu":
-            return roofline.host_peaks()
+            return roofline.host_peaks(self.dtype)
         n = 8192
         dt = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
         a = torch.ones(n, n, dtype=dt, device=self.native_device)
@@ -148,6 +180,42 @@ class TorchSession:
 
     def second_pass_step(self) -> Callable[[], Any] | None:
         return second_pass_segment(self.encoder, self.batch, self.sync)
+
+    profile_source = "torch.profiler on the eager step: top-level aten ops, module paths from record_function ranges"
+
+    def profile_ops(self, state, steps: int) -> tuple[list[profile.Op], float, Any]:
+        """`steps` synchronised eager steps under torch.profiler, each module's calls in a range named
+        by its path: every top-level aten op with the innermost module it ran in, their wall time, and
+        the state after them. (A compiled step hides its ops, so the eager one is profiled.)"""
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        with _module_ranges(self.encoder.module), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                y, state = self._eager(self.x, state)
+                self.sync((y, state))
+            wall_s = time.perf_counter() - t0
+        ops = []
+        for event in prof.events():
+            if event.name.startswith(SCOPE):
+                continue
+            parent = event.cpu_parent
+            if parent is not None and not parent.name.startswith(SCOPE):
+                continue  # inside another op: its time is the enclosing op's
+            path = parent.name[len(SCOPE):] if parent is not None else ""
+            ops.append(profile.Op(event.name, path, event.time_range.start / 1e6, event.time_range.end / 1e6))
+        return ops, wall_s, state
+
+
+def host_rates(dtype: str, n: int, nbytes: int) -> dict[str, float]:
+    """PyTorch's matmul rate and read/copy bandwidth on the host CPU (for bench.roofline.host_peaks)."""
+    dt = getattr(torch, dtype)
+    a = torch.ones(n, n, dtype=dt)
+    src = torch.ones(nbytes // a.element_size(), dtype=dt)
+    dst = torch.empty_like(src)
+    with torch.inference_mode():
+        return roofline.host_rates_fn(lambda: a @ a, src.sum, lambda: dst.copy_(src), lambda _: None, n,
+                                      src.nbytes)
 
 
 def prepare(spec, **kwargs) -> TorchSession:

@@ -1,0 +1,80 @@
+"""bench.profile: op classes from module paths, time attribution with overlapping ops, and real profiles of
+tiny variants in both frameworks (every op lands in a class)."""
+
+import jax
+import pytest
+import torch
+
+import variants
+from bench import measure, profile
+from bench.profile import CLASSES, TIME_PREFIX, Op, attribute, op_class
+from tiny import tiny
+
+
+@pytest.mark.parametrize("path, cls", [
+    ("jit(step_fn)/Encoder.step/blocks_16.step/ffn_1/down/dot_general", "ffn"),
+    ("blocks.16.ffn.1", "ffn"),
+    ("jit(step_fn)/Encoder.step/blocks_4.step/ffn_0/norm/add", "norm_elementwise"),
+    ("blocks.3.mhsa.qkv", "attn_proj"),
+    ("jit(step_fn)/Encoder.step/blocks_3.step/mhsa.step/out/dot_general", "attn_proj"),
+    ("jit(step_fn)/Encoder.step/blocks_3.step/mhsa.step/concatenate", "attn_state"),
+    ("blocks.3.mhsa", "attn_state"),
+    ("state/blocks/11/mhsa", "attn_state"),  # a copy of the K/V cache or the Performer state
+    ("blocks.5.conv", "conv"),
+    ("blocks.5.conv.conv_norm", "norm_elementwise"),
+    ("jit(step_fn)/Encoder.step/input.step/input/proj/dot_general", "time_reduction"),
+    ("blocks.4.stack", "time_reduction"),
+    ("blocks.4", "norm_elementwise"),  # residual adds between sub-layers
+    ("", "unmapped"),
+])
+def test_an_op_takes_the_class_of_the_module_it_ran_in(path, cls):
+    assert op_class(path) == cls
+
+
+def test_overlapping_ops_share_their_time_and_gaps_are_outside_ops():
+    ops = [Op("a", "blocks.1.ffn.0", 0.0, 4.0),  # alone 0-2, with b 2-4
+           Op("b", "blocks.1.conv", 2.0, 6.0),  # with a 2-4, alone 4-6
+           Op("c", "", 7.0, 8.0)]  # 6-7 and 8-10: no op
+    seconds = attribute(ops, wall_s=10.0)
+    assert seconds["ffn"] == pytest.approx(3.0) and seconds["conv"] == pytest.approx(3.0)
+    assert seconds["unmapped"] == pytest.approx(1.0) and seconds["outside_ops"] == pytest.approx(3.0)
+    assert sum(seconds.values()) == pytest.approx(10.0)
+
+
+def test_classes_are_scaled_onto_the_timed_step():
+    ops = [Op("a", "blocks.1.ffn.0", 0.0, 3.0), Op("b", "blocks.1.mhsa", 3.0, 4.0)]
+    columns = profile.summarize(ops, wall_s=5.0, steps=1, step_s=2.5, bounds={}, peak_flops=None, peak_bytes=None)
+    assert columns["profile_scale"] == pytest.approx(0.5)
+    assert columns[TIME_PREFIX + "ffn"] == pytest.approx(1500.0)  # ms: 3 s profiled x 0.5
+    assert sum(columns[TIME_PREFIX + c] for c in CLASSES) == pytest.approx(2500.0)
+
+
+def _profiled(spec, framework):
+    settings = measure.load_config().quick
+    prepared = measure.prepare(spec, framework, "cpu", 2, 6, settings=settings)
+    assert prepared.record["status"] == "prepared", prepared.record["error"]
+    prepared.time_burst(3)
+    return prepared.profile(3)
+
+
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+@pytest.mark.parametrize("name, has_state", [("practical", True), ("conv_lower", True)])
+def test_a_profiled_step_puts_every_op_in_a_class(name, has_state, framework, monkeypatch):
+    monkeypatch.delenv("BENCH_WORKER", raising=False)
+    columns, ops = _profiled(tiny(variants.get(name).spec), framework)
+    assert ops and all(op["class"] in CLASSES for op in ops)
+    assert [op for op in ops if op["class"] == "unmapped"] == []
+    assert columns[TIME_PREFIX + "attn_state"] > 0 and columns[TIME_PREFIX + "ffn"] > 0
+    step = sum(columns[TIME_PREFIX + c] for c in CLASSES)
+    assert step == pytest.approx(columns["profile_plain_step_ms"])
+
+
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+def test_a_conv_only_encoder_spends_nothing_on_attention_state(framework, monkeypatch):
+    monkeypatch.delenv("BENCH_WORKER", raising=False)
+    spec = tiny(variants.get("conv_lower").spec)
+    spec = spec.replace(conv_only_blocks=spec.num_blocks)
+    columns, ops = _profiled(spec, framework)
+    assert columns[TIME_PREFIX + "attn_state"] == 0 and columns[TIME_PREFIX + "attn_proj"] == 0
+    assert not [op for op in ops if op["class"] in ("attn_state", "attn_proj")]
+    assert columns[TIME_PREFIX + "conv"] > 0
