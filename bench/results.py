@@ -8,6 +8,7 @@ never sees a half-written file.
 from __future__ import annotations
 
 import datetime as _dt
+import gzip
 import json
 import math
 import os
@@ -23,7 +24,7 @@ RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 TABLE_MD = "table.md"
 RAW_TIMES_JSON = "raw_times.json"
-PROFILES_DIR = "profiles"  # one JSON per profiled record: every op with its module path, class and duration
+PROFILES_DIR = "profiles"  # one gzipped JSON per profiled record: every op with its module path, class and duration
 SCHEMA_VERSION = 2  # 2: raw_times.json holds one list per interleaved round
 
 
@@ -49,12 +50,17 @@ _UMASK = _current_umask()
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` so that readers see the old file or the new one, never a partial one."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a partial one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a results file is as readable as any other
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -112,7 +118,8 @@ class RunWriter:
         profile (bench.profile.raw_ops) when it was profiled."""
         if profile_ops is not None:
             profile_path(self.dir, record).parent.mkdir(exist_ok=True)
-            atomic_write_text(profile_path(self.dir, record), _dumps({"key": raw_key(record), "ops": list(profile_ops)}))
+            text = _dumps({"key": raw_key(record), "ops": list(profile_ops)})
+            atomic_write_bytes(profile_path(self.dir, record), gzip.compress(text.encode("utf-8"), mtime=0))
         self.records.append(dict(record))
         if rounds is not None:
             self.raw_times[raw_key(record)] = [[float(t) for t in burst] for burst in rounds]
@@ -137,8 +144,9 @@ class RunWriter:
 
 
 def profile_path(run_dir: str | Path, record: Mapping[str, Any]) -> Path:
-    """Where a run folder keeps a record's raw profile: profiles/<raw key, '|' as '_'>.json."""
-    return Path(run_dir) / PROFILES_DIR / (re.sub(r"[^\w.\-]+", "_", raw_key(record)) + ".json")
+    """Where a run folder keeps a record's raw profile: profiles/<raw key, '|' as '_'>.json.gz (gzip: a
+    full-size step has thousands of ops)."""
+    return Path(run_dir) / PROFILES_DIR / (re.sub(r"[^\w.\-]+", "_", raw_key(record)) + ".json.gz")
 
 
 # ---- reading runs -------------------------------------------------------------------------------
