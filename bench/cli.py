@@ -28,6 +28,7 @@ FrameworkFlag = Annotated[Optional[str], typer.Option("--framework", "-f", help=
 BatchFlag = Annotated[Optional[str], typer.Option("--batch", "-b", help="Comma-separated batch sizes, e.g. 1,64. [default: bench.toml run.batches]")]
 ChunkFlag = Annotated[Optional[int], typer.Option("--chunk", "-c", help="Input frames (10 ms) per streaming step. [default: bench.toml run.chunk_frames]")]
 TorchModeFlag = Annotated[Optional[str], typer.Option("--torch-mode", help="eager, compile or eager,compile. [default: bench.toml run.torch_modes]")]
+SetFlag = Annotated[Optional[list[str]], typer.Option("--set", help="Set a spec field for every variant, e.g. --set left_context=32,64 (repeatable; comma lists make a grid of cells, each variant measured in each). [default: bench.toml [run.set]]")]
 PrecisionFlag = Annotated[Optional[str], typer.Option("--precision", help="float32 matmul precision in every framework: highest, high or default (see README). [default: bench.toml run.precision]")]
 DtypeFlag = Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16 (what accelerators serve in). [default: bench.toml run.dtype]")]
 ConfigFlag = Annotated[Optional[Path], typer.Option("--config", help="Config file. [default: ./bench.toml if present]")]
@@ -84,9 +85,10 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     from bench.results import ResultsError
     from bench.ab import RevisionError
     from variants import PluginError, UnknownVariantError
+    from variants.spec import SpecOverrideError
 
     return (UsageProblem, ConfigError, FlagError, ResultsError, DeviceUnavailableError, UnknownVariantError,
-            PluginError, RevisionError)
+            PluginError, RevisionError, SpecOverrideError)
 
 
 @contextlib.contextmanager
@@ -156,6 +158,7 @@ def run_cmd(
     machine_tag: Annotated[Optional[str], typer.Option("--machine-tag", envvar="BENCH_MACHINE_TAG", help="Name of this machine; absolute latency budgets apply only to runs with their tag.")] = None,
     progress: ProgressFlag = True,
     plugin: PluginFlag = None,
+    spec_set: SetFlag = None,
     profile: Annotated[bool, typer.Option("--profile", help="After timing, split each step's time into op classes with the framework's profiler (see 'bench profile').")] = False,
 ) -> None:
     """Measure variants x frameworks x batches on one device and write a run folder.
@@ -173,13 +176,15 @@ def run_cmd(
       bench run --variant practical,baseline --framework jax --batch 1
       bench run --variant 'conv*' --device gpu --out reports/runs/gpu-test
       bench run --device tpu --framework jax --dtype bfloat16
+      bench run --variant baseline,practical --set left_context=32,64,128 --batch 64
     """
     from bench import machine, report, results, runner
 
     with _user_errors():
         cfg = load_config(config)
         run = apply_flags(cfg, variant=variant, framework=framework, batch=batch, chunk=chunk, torch_mode=torch_modes,
-                          dtype=dtype, precision=precision, device=device, out=out, machine_tag=machine_tag, plugins=tuple(plugin or ()))
+                          dtype=dtype, precision=precision, device=device, out=out, machine_tag=machine_tag,
+                          plugins=tuple(plugin or ()), spec_set=tuple(spec_set or ()))
         run = _runnable(run, framework_named=framework is not None)
         out_dir = Path(run.out_dir)
         plan = replace(runner.RunPlan.from_config(run), device_name=machine.run_device_name(run.device, run.frameworks))
@@ -231,6 +236,7 @@ def profile_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create. [default: reports/runs/<UTC time>-<device>/]")] = None,
     progress: ProgressFlag = True,
     plugin: PluginFlag = None,
+    spec_set: SetFlag = None,
 ) -> None:
     """Where a step's time goes: a quick run that then profiles each step with the framework's own
     profiler (XLA's, torch.profiler) and splits it into op classes (FFN, attention projections,
@@ -245,7 +251,7 @@ def profile_cmd(
     """
     run_cmd(variant=variant, device=device, framework=framework, batch=batch, chunk=None, torch_modes=None,
             dtype=dtype, precision=precision, config=config, out=out, quick=True, machine_tag=None,
-            progress=progress, plugin=plugin, profile=True)
+            progress=progress, plugin=plugin, spec_set=spec_set, profile=True)
 
 
 @app.command("ab")
@@ -266,6 +272,7 @@ def ab_cmd(
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Slowdown that fails, as a fraction (0.1 = 10%). [default: bench.toml ab.threshold]")] = None,
     progress: ProgressFlag = True,
     plugin: PluginFlag = None,
+    spec_set: SetFlag = None,
 ) -> None:
     """Compare the variant code of two git revisions on this machine, in one interleaved run.
 
@@ -291,7 +298,8 @@ def ab_cmd(
         base_commit = ab.resolve_revision(repo, base)
         head_commit = ab.resolve_revision(repo, head) if head is not None else None
         run = apply_flags(cfg, variant=variant, framework=framework, batch=batch, chunk=chunk, torch_mode=torch_modes,
-                          dtype=dtype, precision=precision, device=device, out=out, plugins=tuple(plugin or ()))
+                          dtype=dtype, precision=precision, device=device, out=out, plugins=tuple(plugin or ()),
+                          spec_set=tuple(spec_set or ()))
         if out is None:
             run = replace(run, out_dir=str(Path(run.out_dir).with_name(Path(run.out_dir).name.replace(
                 f"-{run.device}", f"-ab-{run.device}"))))

@@ -73,6 +73,9 @@ class RunConfig:
     out_dir: str  # a run writes <out_dir>/<UTC time>-<device>/, or exactly the folder `--out` names
     machine_tag: str | None = None  # names this machine for absolute latency budgets; None: they are skipped
     plugins: tuple[str, ...] = ()  # modules or .py files that register more variants (workers import them too)
+    # Spec fields to set, each with its values ([run.set], `--set field=a,b`): every combination is a
+    # cell, and every variant is measured in every cell, named by it ('baseline[left_context=128]').
+    spec_set: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def modes(self, framework: str) -> tuple[str, ...]:
         return self.torch_modes if framework == "torch" else self.jax_modes
@@ -328,7 +331,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None, text: str = "",
         return REQUIRED if base is None else getattr(base.run, name)
 
     run = root.sub("run")
-    run.reject_unknown({f.name for f in dataclasses.fields(RunConfig)})
+    run.reject_unknown({f.name for f in dataclasses.fields(RunConfig)} - {"spec_set"} | {"set"})
     variants = run.table.get("variants", default("variants"))
     if variants is REQUIRED:
         raise run.error("variants", "missing; every key of this table needs a value")
@@ -349,6 +352,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None, text: str = "",
         out_dir=run.string("out_dir", default("out_dir")),
         machine_tag=run.string("machine_tag", None if base is None else base.run.machine_tag) or None,
         plugins=_plugins(run, () if base is None else base.run.plugins),
+        spec_set=_spec_set(run, () if base is None else base.run.spec_set),
     )
 
     measure_reader = root.sub("measure")
@@ -356,6 +360,56 @@ def parse_config(data: dict[str, Any], path: Path | None = None, text: str = "",
     quick = _measure(measure_reader.sub("quick"), base.quick if base else None)
     ab = _ab(root.sub("ab"), base.ab if base else None)
     return Config(run=run_config, measure=measure, quick=quick, ab=ab, path=path)
+
+
+def _spec_set(run: TableReader, default: tuple) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """[run.set]: spec field -> a value or a list of values, e.g. left_context = [32, 64, 128]."""
+    from variants.spec import SpecOverrideError, parse_field
+
+    if "set" not in run.table:
+        return default
+    table = run.sub("set")
+    out = []
+    for field, value in table.table.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in values):
+            raise table.error(field, f"expected a number, a name or a list of them, got {value!r}")
+        try:
+            for v in values:
+                parse_field(field, str(v))
+        except SpecOverrideError as e:
+            raise table.error(field, str(e)) from None
+        out.append((field, tuple(str(v) for v in values)))
+    return tuple(out)
+
+
+def parse_spec_set(flags: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """`--set left_context=32,64 --set num_blocks=12` -> (("left_context", ("32", "64")), ("num_blocks", ("12",)))."""
+    out: dict[str, tuple[str, ...]] = {}
+    for flag in flags:
+        field, sep, values = flag.partition("=")
+        parts = tuple(v.strip() for v in values.split(",") if v.strip())
+        if not sep or not field.strip() or not parts:
+            raise FlagError(f"--set {flag!r}: expected FIELD=VALUE[,VALUE...], e.g. --set left_context=32,64")
+        out[field.strip()] = parts
+    return tuple(out.items())
+
+
+def expand_cells(names: list[str], spec_set: tuple[tuple[str, tuple[str, ...]], ...]) -> list[str]:
+    """Every variant in every cell of the spec_set grid, cell by cell: the names `bench run` measures."""
+    import itertools
+
+    import variants
+    from variants.registry import overridden_name
+
+    if not spec_set:
+        return names
+    fields = [field for field, _ in spec_set]
+    cells = [dict(zip(fields, combo)) for combo in itertools.product(*(values for _, values in spec_set))]
+    out = [overridden_name(name, cell) for cell in cells for name in names]
+    for name in out:
+        variants.get(name)  # a value the spec rejects fails here, as one line, before anything runs
+    return out
 
 
 def _plugins(run: TableReader, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -466,7 +520,8 @@ def apply_flags(config: Config, *, variant: str | None = None, framework: str | 
                 batch: str | None = None, chunk: int | None = None, torch_mode: str | None = None,
                 dtype: str | None = None, precision: str | None = None, device: str | None = None,
                 out: Path | None = None,
-                machine_tag: str | None = None, plugins: tuple[str, ...] = ()) -> RunConfig:
+                machine_tag: str | None = None, plugins: tuple[str, ...] = (),
+                spec_set: tuple[str, ...] = ()) -> RunConfig:
     """The run `bench run` makes: `config.run` with each flag given (None: not given) in its place.
 
     The variant selection is resolved to names, `out_dir` to the run folder itself (a fresh
@@ -477,7 +532,9 @@ def apply_flags(config: Config, *, variant: str | None = None, framework: str | 
     run = config.run
     plugins = tuple(dict.fromkeys((*run.plugins, *plugin_refs(plugins))))
     variants.load_plugins(plugins)  # the selection may name a plugin's variants
-    names = variants.select(variant if variant is not None else run.variants)
+    spec_grid = dict(run.spec_set) | dict(parse_spec_set(spec_set))  # a flag replaces the config's field
+    names = expand_cells(variants.select(variant if variant is not None else run.variants),
+                         tuple(spec_grid.items()))
     frameworks = _parse_frameworks(framework) if framework is not None else run.frameworks
     batches = _parse_batches(batch) if batch is not None else run.batches
     chunk_frames = chunk if chunk is not None else run.chunk_frames
@@ -498,7 +555,7 @@ def apply_flags(config: Config, *, variant: str | None = None, framework: str | 
         run, variants=",".join(names), frameworks=frameworks, batches=batches, chunk_frames=chunk_frames,
         torch_modes=torch_modes, dtype=dtype or run.dtype, precision=precision or run.precision, device=device,
         out_dir=str(out if out is not None else _default_out(run.out_dir, device)),
-        machine_tag=machine_tag or run.machine_tag, plugins=plugins)
+        machine_tag=machine_tag or run.machine_tag, plugins=plugins, spec_set=tuple(spec_grid.items()))
 
 
 def plugin_refs(refs: tuple[str, ...]) -> tuple[str, ...]:

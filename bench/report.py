@@ -325,13 +325,20 @@ def predicted_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _cells(table: pd.DataFrame, first: int) -> pd.DataFrame:
+    """Numbers from column `first` on as text: 3 significant digits, a share as a percentage, NaN as –."""
+    shown = table.copy()
+    for col in shown.columns[first:]:
+        text = "{:.0%}" if col.endswith("share") else "{:.3g}"
+        shown[col] = shown[col].map(lambda v, text=text: text.format(v) if v == v else "–")
+    return shown
+
+
 def render_predictions(df: pd.DataFrame) -> str:
     table = predicted_table(df)
     if table.empty:
         return ""
-    shown = table.copy()
-    for col in shown.columns[2:]:
-        shown[col] = shown[col].map(lambda v: f"{v:.3g}" if v == v else "–")
+    shown = _cells(table, first=2)
     arithmetic = _arithmetic(df)
     note = ("> predicted per-step latency on named accelerators: roofline lower bound max(FLOPs / peak, "
             "bytes / bandwidth) from the analytic counts and public peaks (bench/roofline.py), not measured"
@@ -370,12 +377,7 @@ def render_profile(df: pd.DataFrame) -> str:
     table = profile_table(df)
     if table.empty:
         return ""
-    shown = table.copy()
-    for col in shown.columns[2:]:
-        if col.endswith("share"):
-            shown[col] = shown[col].map(lambda v: f"{v:.0%}" if v == v else "–")
-        else:
-            shown[col] = shown[col].map(lambda v: f"{v:.3g}" if v == v else "–")
+    shown = _cells(table, first=2)
     sources = "; ".join(sorted({str(s) for s in df.get("profile_source", pd.Series(dtype=object)).dropna()}))
     note = ("> where a step's time goes (ms per step, bench.profile): op classes from the framework's profiler "
             f"({sources}); `outside_ops` = time when no op ran (dispatch, host work); "

@@ -195,6 +195,17 @@ class WorkerPool:
         self._workers.clear()
 
 
+def override_columns(variant: str) -> dict[str, Any]:
+    """What a record says of its spec overrides: the registered variant it starts from, the cell
+    ("left_context=128", None without overrides; speedups divide by the baseline of the same cell),
+    and each field set, as `set_<field>`."""
+    from variants.registry import overridden_name, split_overrides
+
+    base, overrides = split_overrides(variant)
+    cell = overridden_name("", overrides)[1:-1] or None
+    return {"base_variant": base, "overrides": cell, **{f"set_{k}": v for k, v in overrides.items()}}
+
+
 def session_key(job: Job) -> str:
     return f"{job.variant}|{job.framework}|{job.mode}|{job.batch}"
 
@@ -311,7 +322,7 @@ def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: Work
                     settings=asdict(settings), known_peaks=known_peaks.get(peaks_key))
         identity = dict(variant=job.variant, framework=job.framework, mode=job.mode, device=plan.device,
                         dtype=plan.dtype, precision=plan.precision, batch=job.batch, chunk_frames=plan.chunk_frames,
-                        revision=job.side or None)
+                        revision=job.side or None, **override_columns(job.variant))
         group.records[job] = {k: v for k, v in measure.empty_record().items() if k != RAW_STEP_KEY} | identity
         reply = group.ask(pool, job, {"cmd": "prepare", "key": session_key(job), "args": args}, settings.timeout_s)
         if reply is None:

@@ -23,8 +23,10 @@ BASELINE = "baseline"  # speedups divide by this variant, measured in the same r
 
 # What one measurement varies besides the variant; a record's speedup divides by the baseline that
 # shares all of these (and, in a merge of several runs, the run and the machine). `revision` is set
-# only by `bench ab` ("base" / "head"), whose two sides each have their own baseline.
-SETTING_FIELDS = ("framework", "mode", "device", "dtype", "precision", "batch", "chunk_frames", "revision")
+# only by `bench ab` ("base" / "head"), whose two sides each have their own baseline; `overrides`
+# only by `--set` (the cell, e.g. "left_context=128"), whose cells each have their own.
+SETTING_FIELDS = ("framework", "mode", "device", "dtype", "precision", "batch", "chunk_frames", "revision",
+                  "overrides")
 # A record within one run: one run has one chunk size and one dtype, so these fields identify it.
 # raw_times.json is keyed on them ("variant|framework|mode|device|batch") and `bench compare` matches on them.
 ROW_KEY = ("variant", "framework", "mode", "device", "batch")
@@ -51,7 +53,7 @@ EXTRA_KEYS = (
     "timing_capped", "warmup_iterations", "peak_flops_per_s", "peak_bytes_per_s", "peaks_source",
     "warnings", "measure_wall_s", *(f"roofline_ms_{k}" for k in NAMED_DEVICES),
     "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "rounds", "steps_per_round", "worker", "revision",
-    "precision_applied", *profile.COLUMNS,
+    "precision_applied", "base_variant", "overrides", *profile.COLUMNS,
 )
 
 

@@ -65,12 +65,20 @@ def speedups(df: pd.DataFrame) -> pd.Series:
     keys = [c for c in ("run", "device_name", *SETTING_FIELDS) if c in df]
     key = pd.Series(["|".join(map(_key_part, row)) for row in df[keys].itertuples(index=False)], index=df.index,
                     dtype=object)
-    is_base = df["variant"].astype(str).eq(BASELINE) & p50.notna()
+    is_base = base_variants(df).eq(BASELINE) & p50.notna()
     if not is_base.any():
         return out
     base = pd.Series(p50[is_base].to_numpy(), index=key[is_base].to_numpy())
     base = base[~base.index.duplicated(keep="last")]  # a rerun of the baseline: the one read last
     return key.map(base).astype(float) / p50
+
+
+def base_variants(df: pd.DataFrame) -> pd.Series:
+    """Each row's registered variant: `base_variant` where a spec override renamed it, else `variant`."""
+    variant = df["variant"].astype(str)
+    if "base_variant" not in df:
+        return variant
+    return df["base_variant"].where(df["base_variant"].notna(), variant).astype(str)
 
 
 def _key_part(value: Any) -> str:
@@ -98,7 +106,8 @@ def fill_speedups(records: list[dict[str, Any]], rounds: Mapping[str, Sequence[S
         record[SPEEDUP] = float(value) if np.isfinite(value) else None
     if not rounds:
         return
-    baselines = {_setting(r): r for r in records if r.get("variant") == BASELINE and r.get(SPEEDUP)}
+    baselines = {_setting(r): r for r in records if (r.get("base_variant") or r.get("variant")) == BASELINE
+                 and r.get(SPEEDUP)}
     for record in records:
         base = baselines.get(_setting(record))
         base_rounds, own_rounds = (rounds.get(raw_key(r)) if r else None for r in (base, record))

@@ -378,3 +378,34 @@ def test_a_broken_plugin_fails_every_time_it_is_loaded(own_registry, tmp_path):
     for _ in range(2):  # e.g. a notebook cell run again, or two CLI invocations in one process
         line = assert_one_line_error(invoke("list", "--plugin", str(broken)))
         assert "not fixed yet" in line
+
+
+def test_set_measures_every_variant_in_every_cell_with_its_own_baseline(monkeypatch, tmp_path):
+    fake = FakeWorkers()
+    install(monkeypatch, fake)
+    result = invoke("run", "--variant", "baseline,practical", "--batch", "1", "--framework", "jax", "--quick",
+                    "--set", "left_context=32,128", "--no-progress", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    _, records = load(tmp_path / "run")
+    by_name = {r["variant"]: r for r in records}
+    assert set(by_name) == {"baseline[left_context=32]", "practical[left_context=32]",
+                            "baseline[left_context=128]", "practical[left_context=128]"}
+    practical = by_name["practical[left_context=128]"]
+    assert practical["base_variant"] == "practical" and practical["overrides"] == "left_context=128"
+    assert practical["set_left_context"] == "128"
+    for cell in ("32", "128"):  # each cell's speedup divides by the baseline of the same cell
+        base, own = by_name[f"baseline[left_context={cell}]"], by_name[f"practical[left_context={cell}]"]
+        assert base["speedup_vs_baseline"] == 1.0
+        assert own["speedup_vs_baseline"] == pytest.approx(base["latency_ms_p50"] / own["latency_ms_p50"])
+
+
+@pytest.mark.parametrize("flag, says", [
+    ("left_contxt=1", "left_contxt: is not a spec field"),
+    ("num_heads=7", "not divisible by num_heads=7"),
+    ("left_context", "expected FIELD=VALUE"),
+])
+def test_a_bad_set_is_one_line_and_exit_2(monkeypatch, tmp_path, flag, says):
+    fake = FakeWorkers()
+    install(monkeypatch, fake)
+    line = assert_one_line_error(invoke("run", "--set", flag, "--out", str(tmp_path / "r")))
+    assert says in line and not fake.calls

@@ -197,3 +197,39 @@ def test_a_bad_flag_is_one_flag_error(flags, says):
     with pytest.raises(FlagError, match=says) as e:
         apply_flags(load_config(REPO / "bench.toml"), **flags)
     assert "\n" not in str(e.value)
+
+
+def test_spec_overrides_come_from_run_set_and_flags_and_make_a_grid(tmp_path):
+    from bench.config import apply_flags, load_config
+
+    path = tmp_path / "bench.toml"
+    path.write_text('[run]\nvariants = ["baseline", "practical"]\n[run.set]\nleft_context = [32, 64]\n')
+    cfg = load_config(path)
+    assert cfg.run.spec_set == (("left_context", ("32", "64")),)
+    run = apply_flags(cfg, out=tmp_path / "r")
+    assert run.variants == (
+        "baseline[left_context=32],practical[left_context=32],baseline[left_context=64],practical[left_context=64]")
+    # a flag replaces the config's values for its field and adds its own; names follow the spec's field order
+    run = apply_flags(cfg, spec_set=("left_context=128", "num_blocks=12,16"), out=tmp_path / "r")
+    assert run.spec_set == (("left_context", ("128",)), ("num_blocks", ("12", "16")))
+    assert run.variants.split("],") == ["baseline[num_blocks=12,left_context=128", "practical[num_blocks=12,left_context=128",
+                                        "baseline[num_blocks=16,left_context=128", "practical[num_blocks=16,left_context=128]"]
+
+
+@pytest.mark.parametrize("table, says", [
+    ("[run.set]\nleft_contxt = [1]\n", "run.set.left_contxt"),
+    ("[run.set]\nleft_context = [true]\n", "expected a number"),
+    ("[run.set]\nnum_heads = 7\n", None),  # valid as a value; the spec rejects it when the grid is made
+])
+def test_a_bad_run_set_names_the_key(tmp_path, table, says):
+    from bench.config import ConfigError, FlagError, apply_flags, load_config
+    from variants.spec import SpecOverrideError
+
+    path = tmp_path / "bench.toml"
+    path.write_text(table)
+    if says is None:
+        with pytest.raises(SpecOverrideError, match="not divisible by num_heads=7"):
+            apply_flags(load_config(path), out=tmp_path / "r")
+        return
+    with pytest.raises(ConfigError, match=says):
+        load_config(path)

@@ -55,3 +55,31 @@ def test_resolve_spec_takes_a_name_or_a_spec_and_names_an_unknown_one():
     assert variants.resolve_spec(custom) is custom
     with pytest.raises(ValueError, match="unknown variant 'nope'; valid variants: baseline"):
         variants.resolve_spec("nope")
+
+
+def test_a_variant_name_can_carry_spec_overrides():
+    import variants
+    from variants.registry import overridden_name, split_overrides
+
+    variant = variants.get("baseline[left_context=128, num_blocks=12]")
+    assert variant.spec == variants.get("baseline").spec.replace(left_context=128, num_blocks=12)
+    assert variant.name == "baseline[num_blocks=12,left_context=128]"  # one name per spec: fields in spec order
+    assert split_overrides(variant.name) == ("baseline", {"num_blocks": "12", "left_context": "128"})
+    assert overridden_name("baseline", {"left_context": "128", "num_blocks": "12"}) == variant.name
+    assert variants.select("practical,baseline[left_context=128,num_blocks=12]") == ["practical", variant.name]
+
+
+@pytest.mark.parametrize("name, says", [
+    ("baseline[left_contxt=1]", "left_contxt: is not a spec field"),
+    ("baseline[left_context=abc]", "left_context=abc: expected an integer"),
+    ("baseline[num_heads=7]", "not divisible by num_heads=7"),
+    ("baseline[reductions=1]", "reductions: cannot be set from the command line"),
+    ("nope[left_context=1]", "unknown variant 'nope'"),
+    ("baseline[left_context]", "expected field=value"),
+])
+def test_a_bad_override_is_one_line_naming_the_field(name, says):
+    import variants
+
+    with pytest.raises(ValueError) as info:
+        variants.get(name)
+    assert says in str(info.value) and "\n" not in str(info.value)

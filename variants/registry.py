@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import re
 import importlib.util
 import sys
 import warnings
@@ -51,10 +52,43 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Variant:
+    """A registered variant, or one with spec overrides in its name: 'baseline[left_context=128]'."""
+    base, overrides = split_overrides(name)
     try:
-        return _VARIANTS[name]
+        variant = _VARIANTS[base]
     except KeyError:
-        raise UnknownVariantError(f"unknown variant {name!r}; valid variants: {', '.join(_VARIANTS)}") from None
+        raise UnknownVariantError(f"unknown variant {base!r}; valid variants: {', '.join(_VARIANTS)}") from None
+    if not overrides:
+        return variant
+    spec = variant.spec.with_text_overrides(overrides)  # checked now: a bad override fails before any run
+    return Variant(overridden_name(base, overrides), f"{variant.description}; with {', '.join(f'{k}={v}' for k, v in overrides.items())}",
+                   lambda: spec)
+
+
+_OVERRIDDEN = re.compile(r"^(?P<base>[^\[\]]+)\[(?P<body>[^\[\]]*)\]$")
+
+
+def split_overrides(name: str) -> tuple[str, dict[str, str]]:
+    """'baseline[left_context=128,num_blocks=12]' -> ('baseline', {'left_context': '128', 'num_blocks': '12'})."""
+    match = _OVERRIDDEN.match(name.strip())
+    if not match:
+        return name, {}
+    overrides = {}
+    for item in (i.strip() for i in match["body"].split(",") if i.strip()):
+        field, sep, value = item.partition("=")
+        if not sep or not field.strip() or not value.strip():
+            raise UnknownVariantError(f"variant {name!r}: expected field=value inside the brackets, got {item!r}")
+        overrides[field.strip()] = value.strip()
+    return match["base"].strip(), overrides
+
+
+def overridden_name(base: str, overrides: dict[str, str]) -> str:
+    """The name of `base` with `overrides` (in spec field order): 'baseline[left_context=128]'."""
+    if not overrides:
+        return base
+    order = {f: i for i, f in enumerate(EncoderSpec.__dataclass_fields__)}
+    body = ",".join(f"{k}={overrides[k]}" for k in sorted(overrides, key=lambda k: order.get(k, len(order))))
+    return f"{base}[{body}]"
 
 
 def resolve_spec(name_or_spec: "str | EncoderSpec") -> EncoderSpec:
@@ -69,10 +103,13 @@ def resolve_spec(name_or_spec: "str | EncoderSpec") -> EncoderSpec:
 def select(pattern: str) -> list[str]:
     """Names matching 'all', a name, a glob ('perf*') or a comma list of those, in ladder order."""
     wanted: set[str] = set()
-    for part in (p.strip() for p in pattern.split(",")):
+    overridden: list[str] = []
+    for part in (p.strip() for p in re.split(r",(?![^\[]*\])", pattern)):  # commas outside brackets
         if not part:
             continue
-        if part == "all":
+        if _OVERRIDDEN.match(part):
+            overridden.append(get(part).name)
+        elif part == "all":
             wanted.update(_VARIANTS)
         elif any(ch in part for ch in "*?["):
             matches = fnmatch.filter(_VARIANTS, part)
@@ -81,9 +118,9 @@ def select(pattern: str) -> list[str]:
             wanted.update(matches)
         else:
             wanted.add(get(part).name)
-    if not wanted:
+    if not wanted and not overridden:
         raise UnknownVariantError(f"empty variant selection {pattern!r}; valid variants: {', '.join(_VARIANTS)}")
-    return [n for n in _VARIANTS if n in wanted]
+    return [n for n in _VARIANTS if n in wanted] + list(dict.fromkeys(overridden))
 
 
 class PluginError(ImportError):

@@ -157,6 +157,16 @@ class EncoderSpec:
     def replace(self, **changes: Any) -> "EncoderSpec":
         return dataclasses.replace(self, **changes)
 
+    def with_text_overrides(self, overrides: dict[str, str]) -> "EncoderSpec":
+        """This spec with fields set from text (`bench run --set left_context=128`), each value read as
+        the field's type; a field that is unknown, not a number or a name, or a value the spec rejects
+        raises SpecOverrideError naming the field."""
+        changes = {name: parse_field(name, text) for name, text in overrides.items()}
+        try:
+            return self.replace(**changes)
+        except ValueError as e:
+            raise SpecOverrideError(f"--set {', '.join(f'{k}={v}' for k, v in overrides.items())}: {e}") from None
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["reductions"] = [list(r) for r in self.reductions]
@@ -176,6 +186,30 @@ class EncoderSpec:
         if isinstance(data.get("second_pass"), dict):
             data["second_pass"] = SecondPassSpec(**data["second_pass"])
         return cls(**data)
+
+
+class SpecOverrideError(ValueError):
+    """A spec field set from text that cannot be: unknown, not settable, or a value the spec rejects."""
+
+
+def settable_fields() -> dict[str, type]:
+    """The EncoderSpec fields `--set` can change (numbers and names), with their types."""
+    return {f.name: type(f.default) for f in dataclasses.fields(EncoderSpec)
+            if type(f.default) in (int, float, str) and f.name != "dropout"}
+
+
+def parse_field(name: str, text: str) -> Any:
+    """`text` as the value of spec field `name` (SpecOverrideError when it is not one)."""
+    fields = settable_fields()
+    if name not in fields:
+        known = {f.name for f in dataclasses.fields(EncoderSpec)}
+        why = "cannot be set from the command line" if name in known else "is not a spec field"
+        raise SpecOverrideError(f"--set {name}: {why}; settable: {', '.join(fields)}")
+    kind = fields[name]
+    try:
+        return kind(text) if kind is not int else int(text, 10)
+    except ValueError:
+        raise SpecOverrideError(f"--set {name}={text}: expected {'an integer' if kind is int else 'a number'}") from None
 
 
 def _check_positive(obj: Any, names: tuple[str, ...], prefix: str = "") -> None:
