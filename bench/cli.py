@@ -178,19 +178,27 @@ def run_cmd(
       bench run --device tpu --framework jax --dtype bfloat16
       bench run --variant baseline,practical --set left_context=32,64,128 --batch 64
     """
-    from bench import machine, report, results, runner
-
     with _user_errors():
         cfg = load_config(config)
         run = apply_flags(cfg, variant=variant, framework=framework, batch=batch, chunk=chunk, torch_mode=torch_modes,
                           dtype=dtype, precision=precision, device=device, out=out, machine_tag=machine_tag,
                           plugins=tuple(plugin or ()), spec_set=tuple(spec_set or ()))
-        run = _runnable(run, framework_named=framework is not None)
-        out_dir = Path(run.out_dir)
-        plan = replace(runner.RunPlan.from_config(run), device_name=machine.run_device_name(run.device, run.frameworks))
         settings = cfg.measure_for(quick)
         if profile or settings.profile:  # each class is shown beside its roofline bound: measure the peaks
             settings = replace(settings, profile=True, roofline=True)
+    _execute(cfg, run, settings, quick, progress, framework_named=framework is not None)
+
+
+def _execute(cfg, run, settings, quick: bool, progress: bool, framework_named: bool) -> None:
+    """Measure `run` into its folder and print what it found (`bench run`, `bench profile`, `bench sweep`):
+    the table, the breakdown when profiled, the sweep's map when it has cells; exit 1 if any failed."""
+    from bench import machine, report, results, runner
+
+    with _user_errors():
+        run = _runnable(run, framework_named=framework_named)
+        out_dir = Path(run.out_dir)
+        plan = replace(runner.RunPlan.from_config(run), device_name=machine.run_device_name(run.device, run.frameworks))
+        _check_memory(plan)
         meta = runner.run_metadata(cfg.as_used(run, quick, settings), machine_tag=run.machine_tag)
         writer = results.RunWriter(out_dir, meta, table_md=report.run_table_markdown)
     typer.echo(f"bench: {len(plan.jobs())} measurements -> {out_dir}", err=True)
@@ -200,13 +208,29 @@ def run_cmd(
     except KeyboardInterrupt:
         _fail(f"interrupted; {len(writer.records)} records kept in {out_dir}", code=130)
     typer.echo((out_dir / results.TABLE_MD).read_text(encoding="utf-8"))
-    if settings.profile and (breakdown := report.render_profile(results.frame(summary.records))):
-        typer.echo(breakdown)
+    df = results.frame(summary.records)
+    for extra in (report.render_profile(df) if settings.profile else "", report.render_sweep(df)):
+        if extra:
+            typer.echo(extra)
     typer.echo(f"{len(summary.records)} records in {out_dir} ({summary.elapsed_s:.0f} s)")
     if noise := summary.noise_line():
         typer.echo(noise)
     if summary.failed:
         _fail(summary.failure_line(), code=EXIT_FAILED)
+
+
+def _check_memory(plan) -> None:
+    """Refuse, before anything starts, a plan whose workers would not fit in memory together."""
+    from bench import machine, runner
+
+    need, group = runner.peak_memory_bytes(plan)
+    have = machine.available_memory_bytes()
+    if have is not None and need > have:
+        job = group[0]
+        raise UsageProblem(
+            f"this run needs about {need / 2**30:.1f} GiB at once ({len(group)} workers of {job.framework} batch "
+            f"{job.batch}, each holding its model and state), and {have / 2**30:.1f} GiB is available; "
+            f"measure fewer variants, cells or batches at a time")
 
 
 def _runnable(run, framework_named: bool):
@@ -243,7 +267,7 @@ def profile_cmd(
     attention state, conv, norms and elementwise, time reduction, and the framework's time outside
     ops), each beside its own roofline bound. The run folder keeps every op in profiles/.
 
-    
+    \b
     Examples:
       bench profile --variant baseline,practical --batch 1,64
       bench profile --variant practical --framework torch --batch 64
@@ -252,6 +276,38 @@ def profile_cmd(
     run_cmd(variant=variant, device=device, framework=framework, batch=batch, chunk=None, torch_modes=None,
             dtype=dtype, precision=precision, config=config, out=out, quick=True, machine_tag=None,
             progress=progress, plugin=plugin, spec_set=spec_set, profile=True)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    config: ConfigFlag = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create. [default: reports/runs/<UTC time>-sweep-<device>/]")] = None,
+    progress: ProgressFlag = True,
+) -> None:
+    """Measure the grid of bench.toml [sweep]: variants x [sweep.set] cells x batches (x frameworks),
+    the cells of one framework and batch timed in the same interleaved rounds, and print the speedup
+    map: practical over baseline per cell and batch, measured here and predicted on named accelerators
+    by the roofline. `bench plot` on the folder draws it.
+
+    \b
+    Examples:
+      bench sweep                                   # the default grid (about 10 minutes on 2 cores)
+      bench sweep --config my-sweep.toml --out reports/sweep
+    """
+    with _user_errors():
+        cfg = load_config(config)
+        run = apply_flags(replace(cfg, run=cfg.sweep), out=out)  # [sweep] as the run, its cells expanded
+        if out is None:
+            run = _renamed_out(run, "sweep")
+    # the map sets each measured speedup beside the roofline's: measure this machine's peaks
+    settings = replace(cfg.measure_for(cfg.sweep_quick), roofline=True)
+    _execute(cfg, run, settings, cfg.sweep_quick, progress, framework_named=False)
+
+
+def _renamed_out(run, kind: str):
+    """The default run folder <UTC time>-<device> as <UTC time>-<kind>-<device> (ab, sweep)."""
+    name = Path(run.out_dir).name
+    return replace(run, out_dir=str(Path(run.out_dir).with_name(name.replace(f"-{run.device}", f"-{kind}-{run.device}"))))
 
 
 @app.command("ab")
@@ -301,8 +357,7 @@ def ab_cmd(
                           dtype=dtype, precision=precision, device=device, out=out, plugins=tuple(plugin or ()),
                           spec_set=tuple(spec_set or ()))
         if out is None:
-            run = replace(run, out_dir=str(Path(run.out_dir).with_name(Path(run.out_dir).name.replace(
-                f"-{run.device}", f"-ab-{run.device}"))))
+            run = _renamed_out(run, "ab")
         if run.device in machine.EXCLUSIVE_DEVICES:
             raise UsageProblem(f"bench ab times two revisions in two processes at once, and a {run.device} opens in one "
                                f"process at a time; run `bench run` on each revision and `bench compare` the folders")
@@ -317,6 +372,7 @@ def ab_cmd(
                       for name, root in (("base", base_root), ("head", head_root)))
         plan = replace(runner.RunPlan.from_config(run, sides=sides),
                        device_name=machine.run_device_name(run.device, run.frameworks))
+        _check_memory(plan)
         meta = runner.run_metadata(cfg.as_used(run, quick), machine_tag=run.machine_tag)
         meta["ab"] = {"base": base_commit, "head": head_commit or "working tree", "threshold": limit}
         writer = results.RunWriter(out_dir, meta, table_md=report.run_table_markdown)
@@ -361,8 +417,9 @@ def report_cmd(
         text = report.render_table(df, fmt)
         if fmt == "markdown" and (predictions := report.render_predictions(df)):
             text += "\n" + predictions
-        if fmt == "markdown" and (breakdown := report.render_profile(df)):
-            text += "\n" + breakdown
+        for extra in (report.render_profile(df), report.render_sweep(df)) if fmt == "markdown" else ():
+            if extra:
+                text += "\n" + extra
     _emit(text, out)
 
 

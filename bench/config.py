@@ -108,6 +108,8 @@ class Config:
     measure: MeasureSettings
     quick: MeasureSettings
     ab: AbSettings
+    sweep: RunConfig  # `bench sweep`: [sweep] over [run] (its grid in [sweep.set])
+    sweep_quick: bool  # `bench sweep` times with [measure.quick] (else [measure])
     path: Path | None = None
 
     def measure_for(self, quick: bool) -> MeasureSettings:
@@ -325,13 +327,29 @@ def parse_config(data: dict[str, Any], path: Path | None = None, text: str = "",
     """Build a Config from parsed TOML; keys it leaves out come from `base` (None: every [run] and
     [measure] key is required). Unknown tables are left to their owners (e.g. [budgets])."""
     root = TableReader(path, text, data, ())
-    root.reject_unknown({"run", "measure", "budgets", "ab"})
+    root.reject_unknown({"run", "measure", "budgets", "ab", "sweep"})
+
+    run_config = _run_config(root.sub("run"), base.run if base else None)
+    sweep_reader = root.sub("sweep")
+    sweep_quick = sweep_reader.boolean("quick", True if base is None else base.sweep_quick)
+    sweep_reader.table = {k: v for k, v in sweep_reader.table.items() if k != "quick"}
+    # a [sweep] key a user's file leaves out comes from the shipped [sweep], then from [run]
+    sweep = _run_config(sweep_reader, base.sweep if base else run_config)
+
+    measure_reader = root.sub("measure")
+    measure = _measure(measure_reader, base.measure if base else None, allow=frozenset({"quick"}))
+    quick = _measure(measure_reader.sub("quick"), base.quick if base else None)
+    ab = _ab(root.sub("ab"), base.ab if base else None)
+    return Config(run=run_config, measure=measure, quick=quick, ab=ab, sweep=sweep, sweep_quick=sweep_quick, path=path)
+
+
+def _run_config(run: TableReader, base: RunConfig | None) -> RunConfig:
+    """[run] (or [sweep]) as a RunConfig; keys it leaves out come from `base` (None: all required)."""
+    run.reject_unknown({f.name for f in dataclasses.fields(RunConfig)} - {"spec_set"} | {"set"})
 
     def default(name: str) -> Any:
-        return REQUIRED if base is None else getattr(base.run, name)
+        return REQUIRED if base is None else getattr(base, name)
 
-    run = root.sub("run")
-    run.reject_unknown({f.name for f in dataclasses.fields(RunConfig)} - {"spec_set"} | {"set"})
     variants = run.table.get("variants", default("variants"))
     if variants is REQUIRED:
         raise run.error("variants", "missing; every key of this table needs a value")
@@ -339,7 +357,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None, text: str = "",
         variants = ",".join(variants)
     if not isinstance(variants, str) or not variants.strip():
         raise run.error("variants", f"expected a name, a glob, 'all' or a list of names, got {variants!r}")
-    run_config = RunConfig(
+    return RunConfig(
         variants=variants,
         frameworks=run.strings("frameworks", default("frameworks"), FRAMEWORKS),
         device=run.string("device", default("device"), DEVICES),
@@ -348,18 +366,12 @@ def parse_config(data: dict[str, Any], path: Path | None = None, text: str = "",
         dtype=run.string("dtype", default("dtype"), DTYPES),
         precision=run.string("precision", default("precision"), PRECISIONS),
         torch_modes=run.strings("torch_modes", default("torch_modes"), MODES["torch"]),
-        jax_modes=run.strings("jax_modes", MODES["jax"] if base is None else base.run.jax_modes, MODES["jax"]),
+        jax_modes=run.strings("jax_modes", MODES["jax"] if base is None else base.jax_modes, MODES["jax"]),
         out_dir=run.string("out_dir", default("out_dir")),
-        machine_tag=run.string("machine_tag", None if base is None else base.run.machine_tag) or None,
-        plugins=_plugins(run, () if base is None else base.run.plugins),
-        spec_set=_spec_set(run, () if base is None else base.run.spec_set),
+        machine_tag=run.string("machine_tag", None if base is None else base.machine_tag) or None,
+        plugins=_plugins(run, () if base is None else base.plugins),
+        spec_set=_spec_set(run, () if base is None else base.spec_set),
     )
-
-    measure_reader = root.sub("measure")
-    measure = _measure(measure_reader, base.measure if base else None, allow=frozenset({"quick"}))
-    quick = _measure(measure_reader.sub("quick"), base.quick if base else None)
-    ab = _ab(root.sub("ab"), base.ab if base else None)
-    return Config(run=run_config, measure=measure, quick=quick, ab=ab, path=path)
 
 
 def _spec_set(run: TableReader, default: tuple) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -294,6 +294,18 @@ def busy_cores(seconds: float = 0.5) -> float | None:
     return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the kernel says new work can take without swapping (MemAvailable), or None where unreadable."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def load_average() -> float | None:
     """The 1-minute load average (None where the OS has none)."""
     try:

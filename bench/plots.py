@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import matplotlib
+import matplotlib.colors
 import matplotlib.patches
 import matplotlib.ticker
 import numpy as np
@@ -21,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.schema import DTYPE_BYTES, FRAMEWORKS, MODES
+from bench.schema import BASELINE, DTYPE_BYTES, FRAMEWORKS, MODES
 from bench.table import device_labels, ok_mask, variant_order, with_speedup
 
 COLUMN_WIDTH_IN = 3.5  # one column of a two-column paper
@@ -469,6 +470,115 @@ def step_breakdown(df: pd.DataFrame) -> Figure | None:
     return fig
 
 
+def _left_context_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Ok records of a left-context sweep, with `_base` (the registered variant) and `_lc` (frames)."""
+    if "set_left_context" not in df:
+        return pd.DataFrame()
+    df = _prepare(df)
+    df = df[df["_ok"] & df["set_left_context"].notna()].copy()
+    df["_lc"] = pd.to_numeric(df["set_left_context"], errors="coerce")
+    df["_base"] = df["base_variant"].fillna(df["variant"]).astype(str)
+    for col in ("latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "roofline_bound_ms"):
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+@_paper_style
+def latency_vs_left_context(df: pd.DataFrame) -> Figure | None:
+    """Measured step latency against the left context (a `--set left_context=...` sweep), one line per
+    variant with 95% interval bars, one panel per setting and batch: the baseline grows with the K/V
+    cache it reads, the Performer does not."""
+    df = _left_context_cells(df)
+    if df.empty or df["_lc"].nunique() < 2:
+        return None
+    panels = [(s, b) for s in _settings(df) for b in sorted(df["batch"].dropna().unique())
+              if not df[(df["_setting"] == s) & (df["batch"] == b)].empty]
+    ncols = min(3, len(panels))
+    fig, axes = _grid((len(panels) + ncols - 1) // ncols, ncols)
+    names = [n for n in variant_order(df.assign(variant=df["_base"])) if n in set(df["_base"])]
+    colours = variant_colours(variant_order())
+    for ax, (setting, batch) in zip(axes.flat, panels):
+        for i, name in enumerate(names):
+            sub = df[(df["_setting"] == setting) & (df["batch"] == batch) & (df["_base"] == name)].sort_values("_lc")
+            if sub.empty:
+                continue
+            y = sub["latency_ms_p50"].to_numpy()
+            err = None
+            if {"latency_ms_p50_ci_low", "latency_ms_p50_ci_high"} <= set(sub):
+                err = np.vstack([y - sub["latency_ms_p50_ci_low"].fillna(pd.Series(y, index=sub.index)).to_numpy(),
+                                 sub["latency_ms_p50_ci_high"].fillna(pd.Series(y, index=sub.index)).to_numpy() - y])
+            ax.errorbar(sub["_lc"], y, yerr=err, marker=MARKERS[i % len(MARKERS)], color=colours.get(name), label=name,
+                        capsize=2)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("left context (frames)")
+        ax.set_ylabel("latency per step (ms)")
+        ax.set_title(f"{setting}, batch {batch}")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    _variant_legend(fig, names, colours)
+    fig.suptitle("Step latency against left context (bar: 95% interval)")
+    return fig
+
+
+@_paper_style
+def speedup_map(df: pd.DataFrame) -> Figure | None:
+    """Heat maps of practical/baseline speedup over (left context x batch): measured here, then the
+    roofline's prediction on named accelerators over a wider grid (analytic; the measured cells
+    outlined), with the paper's 6.8x contour."""
+    import variants
+    from bench.measure import analytic_columns
+    from bench.roofline import MAP_DEVICES
+
+    df = _left_context_cells(df)
+    if df.empty or BASELINE not in set(df["_base"]):
+        return None
+    others = [n for n in variant_order(df.assign(variant=df["_base"])) if n in set(df["_base"]) and n != BASELINE]
+    if not others:
+        return None
+    target = others[-1]  # the last rung of the ladder measured: the practical encoder in the default sweep
+    setting = _settings(df)[0]
+    sub = df[df["_setting"] == setting]
+    measured = sub[sub["_base"] == target].pivot_table(index="batch", columns="_lc", values="speedup_vs_baseline")
+    chunk = int(sub["chunk_frames"].iloc[0]) if "chunk_frames" in sub else 6
+    dtype = str(sub["dtype"].iloc[0]) if "dtype" in sub else "float32"
+    precision = str(sub["precision"].iloc[0]) if "precision" in sub and sub["precision"].notna().any() else "highest"
+    contexts = sorted(set(measured.columns) | {16, 32, 64, 128, 256, 512, 1024})
+    batches = sorted(set(int(b) for b in measured.index) | {1, 8, 64, 256, 1024})
+    devices = list(MAP_DEVICES)
+    predicted = {dev: np.full((len(batches), len(contexts)), np.nan) for dev in devices}
+    for j, lc in enumerate(contexts):
+        base_spec = variants.get(BASELINE).spec.replace(left_context=int(lc))
+        own_spec = variants.get(target).spec.replace(left_context=int(lc))
+        for i, b in enumerate(batches):
+            base = analytic_columns(base_spec, b, chunk, dtype, precision)
+            own = analytic_columns(own_spec, b, chunk, dtype, precision)
+            for dev in devices:
+                predicted[dev][i, j] = base[f"roofline_ms_{dev}"] / own[f"roofline_ms_{dev}"]
+    fig, axes = _grid(1, 1 + len(devices), row_height=2.6)
+    panels = [(f"measured: {setting}", measured.to_numpy(float), list(measured.index), list(measured.columns))]
+    panels += [(f"predicted: {dev}", predicted[dev], batches, contexts) for dev in devices]
+    vmax = max(np.nanmax(p[1]) for p in panels)
+    for ax, (title, grid, rows, cols) in zip(axes.flat, panels):
+        image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis",
+                          norm=matplotlib.colors.LogNorm(vmin=1.0, vmax=max(vmax, 2 * PAPER_SPEEDUP)))
+        ax.grid(False)
+        ax.set_xticks(range(len(cols)), [f"{int(c)}" for c in cols], rotation=90)
+        ax.set_yticks(range(len(rows)), [f"{int(r)}" for r in rows])
+        ax.set_xlabel("left context (frames)")
+        ax.set_ylabel("batch")
+        ax.set_title(title, fontsize=7)
+        for (i, j), value in np.ndenumerate(grid):
+            if value == value:
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=5,
+                        color="white" if value < PAPER_SPEEDUP else "black")
+        if np.nanmax(grid) >= PAPER_SPEEDUP > np.nanmin(grid):
+            ax.contour(grid, levels=[PAPER_SPEEDUP], colors="red", linewidths=1.0)
+    fig.colorbar(image, ax=list(axes.flat), label=f"{target} / {BASELINE} speedup (x); red: {PAPER_SPEEDUP}x")
+    fig.suptitle(f"Where {PAPER_SPEEDUP}x comes from: speedup over left context and batch")
+    return fig
+
+
 # ---- all of them --------------------------------------------------------------------------------------
 
 PLOTS: dict[str, Callable[..., Figure | None]] = {
@@ -479,6 +589,8 @@ PLOTS: dict[str, Callable[..., Figure | None]] = {
     "params_vs_latency": params_vs_latency,
     "roofline": roofline,
     "step_breakdown": step_breakdown,
+    "latency_vs_left_context": latency_vs_left_context,
+    "speedup_map": speedup_map,
 }
 
 

@@ -330,7 +330,7 @@ def _cells(table: pd.DataFrame, first: int) -> pd.DataFrame:
     shown = table.copy()
     for col in shown.columns[first:]:
         text = "{:.0%}" if col.endswith("share") else "{:.3g}"
-        shown[col] = shown[col].map(lambda v, text=text: text.format(v) if v == v else "–")
+        shown[col] = shown[col].map(lambda v, text=text: v if isinstance(v, str) else text.format(v) if v == v else "–")
     return shown
 
 
@@ -383,4 +383,50 @@ def render_profile(df: pd.DataFrame) -> str:
             f"({sources}); `outside_ops` = time when no op ran (dispatch, host work); "
             "classes scaled onto the step's p50 (`profile_scale`: the profiler's own stretch); "
             "`/bound` = measured / the class's own roofline bound on this machine (analytic FLOPs and bytes)")
+    return note + "\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+# ---- the speedup map (bench sweep) -------------------------------------------------------------------
+
+def sweep_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (framework/mode, batch, cell) of a run with spec overrides: the baseline's p50, each
+    other variant's p50 and speedup with its interval, and the speedup the roofline predicts on this
+    machine and on the named accelerators (from the same records' analytic bounds)."""
+    if df.empty or "overrides" not in df or df["overrides"].isna().all():
+        return pd.DataFrame()
+    df = with_speedup(df.reset_index(drop=True))
+    df["_base"] = df["base_variant"].fillna(df["variant"]).astype(str)
+    from bench.roofline import MAP_DEVICES
+
+    bounds = ["roofline_bound_ms", *(f"roofline_ms_{d}" for d in MAP_DEVICES if f"roofline_ms_{d}" in df)]
+    rows = []
+    keys = ["framework", "mode", "batch", "overrides"]
+    for (framework, mode, batch, cell), cell_df in df.groupby(keys, sort=False, dropna=False):
+        by_variant = {r["_base"]: r for r in cell_df.to_dict("records")}
+        base = by_variant.get(BASELINE)
+        row = {"setting": f"{framework}/{mode} b={int(batch)}", "cell": cell,
+               f"{BASELINE} p50 (ms)": num(base["latency_ms_p50"]) if base else float("nan")}
+        for name, r in by_variant.items():
+            if name == BASELINE:
+                continue
+            row[f"{name} p50 (ms)"] = num(r.get("latency_ms_p50"))
+            row[f"{name} speedup (x)"] = format_ratio(num(r.get("speedup_vs_baseline")), num(r.get("speedup_ci_low")),
+                                                      num(r.get("speedup_ci_high")), unit="")
+            for col in bounds:
+                if base is not None and col in r:
+                    where = "this machine" if col == "roofline_bound_ms" else col.removeprefix("roofline_ms_")
+                    row[f"{name} predicted on {where} (x)"] = num(base.get(col)) / num(r.get(col))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render_sweep(df: pd.DataFrame) -> str:
+    """The speedup map as markdown; "" for a run without spec overrides."""
+    table = sweep_table(df)
+    if table.empty:
+        return ""
+    shown = _cells(table, first=2)
+    note = ("> the speedup map: per cell of spec overrides and batch, measured side by side in interleaved rounds "
+            "(speedup with its 95% interval), beside the roofline's prediction from the analytic FLOPs and bytes: "
+            "on this machine (its measured peaks) and on named accelerators (public peaks); the paper reports 6.8x on TPU")
     return note + "\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"

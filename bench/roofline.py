@@ -79,6 +79,9 @@ NAMED_DEVICES: dict[str, NamedDevice] = {
 }
 
 
+MAP_DEVICES = ("tpu_v4", "tpu_v5e", "h100")  # the accelerators the speedup map (bench sweep) predicts
+
+
 def roofline_bound_s(flops: float, bytes_moved: float, peaks: Peaks | NamedDevice, dtype: str = "float32",
                      precision: str = "highest") -> float:
     """Lower bound on a step's time: max(FLOPs / peak FLOP/s, bytes moved / bandwidth).

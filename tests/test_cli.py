@@ -117,7 +117,7 @@ def test_list_takes_a_glob():
     assert [line.split()[0] for line in result.stdout.strip().splitlines()] == ["practical", "practical_cascade"]
 
 
-@pytest.mark.parametrize("verb", ["list", "run", "profile", "report", "plot", "compare", "env", "check"])
+@pytest.mark.parametrize("verb", ["list", "run", "profile", "sweep", "report", "plot", "compare", "env", "check"])
 def test_every_verb_has_help_with_examples(verb):
     result = invoke(verb, "--help")
     assert result.exit_code == 0
@@ -409,3 +409,32 @@ def test_a_bad_set_is_one_line_and_exit_2(monkeypatch, tmp_path, flag, says):
     install(monkeypatch, fake)
     line = assert_one_line_error(invoke("run", "--set", flag, "--out", str(tmp_path / "r")))
     assert says in line and not fake.calls
+
+
+def test_sweep_measures_the_config_grid_and_prints_the_map(monkeypatch, tmp_path):
+    fake = FakeWorkers()
+    install(monkeypatch, fake)
+    (tmp_path / "bench.toml").write_text('[sweep]\nvariants = ["baseline", "practical"]\nframeworks = ["jax"]\n'
+                                         'batches = [1, 4]\n[sweep.set]\nleft_context = [16, 64]\n')
+    monkeypatch.chdir(tmp_path)
+    result = invoke("sweep", "--no-progress")
+    assert result.exit_code == 0, result.output
+    (out,) = (tmp_path / "reports" / "runs").iterdir()
+    assert out.name.endswith("-sweep-cpu")
+    meta, records = load(out)
+    assert len(records) == 2 * 2 * 2  # variants x cells x batches
+    assert {c["roofline"] for c in (c["settings"] for c in fake.calls)} == {True}  # the map needs this machine's peaks
+    assert meta["config"]["quick_run"] is True
+    assert "the speedup map" in result.stdout and "left_context=64" in result.stdout
+
+
+def test_a_grid_that_would_not_fit_in_memory_is_refused_before_it_starts(monkeypatch, tmp_path):
+    from bench import machine
+
+    fake = FakeWorkers()
+    install(monkeypatch, fake)
+    monkeypatch.setattr(machine, "available_memory_bytes", lambda: 4 << 30)
+    line = assert_one_line_error(invoke("run", "--variant", "baseline,practical", "--batch", "64",
+                                        "--set", "left_context=64,256", "--out", str(tmp_path / "r")))
+    assert "GiB at once" in line and "4.0 GiB is available" in line
+    assert not fake.calls and not (tmp_path / "r").exists()

@@ -1,6 +1,7 @@
 """bench.plots: every figure is written as a non-empty PNG and SVG, from one run or several merged."""
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -26,7 +27,7 @@ def _assert_written(paths, names):
 
 def test_plot_all_writes_png_and_svg_for_every_plot(tmp_path):
     backend = matplotlib.get_backend()
-    paths = plots.plot_all(records(failed=("performer",)), tmp_path)
+    paths = plots.plot_all(pd.concat([records(failed=("performer",)), _sweep_records()], ignore_index=True), tmp_path)
     _assert_written(paths, plots.PLOTS)  # state_vs_left_context included: variants.analytic is importable
     assert len(paths) == 2 * len(plots.PLOTS)
     assert matplotlib.get_backend() == backend  # drawing never switches a notebook's backend
@@ -39,7 +40,7 @@ def test_two_devices_each_get_their_own_panels_and_roofs(tmp_path):
     df = pd.concat([cpu, tpu], ignore_index=True)
     assert plots.machine_roofs(df) == {"cpu": (5e10, 1e10), "tpu": (2e14, 8e11)}
     figures = plots.figures(df)
-    assert set(figures) == set(plots.PLOTS)
+    assert set(figures) == set(plots.PLOTS) - {"latency_vs_left_context", "speedup_map"}  # no sweep here
     titles = [ax.get_title() for ax in figures["latency_per_variant"].axes]
     assert "tpu, batch 4" in titles and "cpu, batch 1" in titles  # one panel row per device
 
@@ -102,3 +103,45 @@ def test_step_breakdown_stacks_each_variants_classes_to_its_p50():
     base = df[(df["variant"] == "baseline") & (df["framework"] == "jax") & (df["batch"] == 1)].iloc[0]
     assert top == pytest.approx(base["latency_ms_p50"])
     assert plots.step_breakdown(records(names=["baseline"]).drop(columns=[c for c in df if c.startswith("time_ms_")])) is None
+
+
+def _sweep_records():
+    """A left-context sweep: the baseline's p50 grows with its left context, practical's does not."""
+    cells = []
+    for lc in (16, 64, 256):
+        df = records(names=["baseline", "practical"], shuffle=False)
+        df["base_variant"] = df["variant"]
+        df["overrides"] = f"left_context={lc}"
+        df["set_left_context"] = str(lc)
+        df["variant"] = df["variant"] + f"[left_context={lc}]"
+        grows = df["base_variant"].eq("baseline")
+        df.loc[grows, "latency_ms_p50"] *= 1 + lc / 64
+        df["speedup_vs_baseline"] = None
+        cells.append(df)
+    return pd.concat(cells, ignore_index=True)
+
+
+def test_the_sweep_plots_show_latency_against_left_context_and_the_speedup_map():
+    df = _sweep_records()
+    fig = plots.latency_vs_left_context(df)
+    lines = {bars.get_label(): bars.lines[0] for bars in fig.axes[0].containers}
+    assert set(lines) == {"baseline", "practical"}
+    assert list(lines["baseline"].get_xdata()) == [16, 64, 256]
+    assert np.all(np.diff(lines["baseline"].get_ydata()) > 0) and np.ptp(lines["practical"].get_ydata()) == 0
+    heat = plots.speedup_map(df)
+    measured = heat.axes[0].get_images()[0].get_array()
+    with_speedups = plots.with_speedup(df)
+    practical = with_speedups[(with_speedups["base_variant"] == "practical") & (with_speedups["framework"] == "jax")]
+    expected = practical.pivot_table(index="batch", columns="set_left_context", values="speedup_vs_baseline")
+    assert np.allclose(np.asarray(measured), expected[["16", "64", "256"]].to_numpy())
+    assert len(heat.axes) == 1 + 3 + 1  # measured, three predictions, the colour bar
+    assert plots.speedup_map(records()) is None and plots.latency_vs_left_context(records()) is None
+
+
+def test_the_sweep_table_pairs_each_cell_with_its_own_baseline():
+    from bench import report
+
+    table = report.sweep_table(_sweep_records())
+    row = table[(table["setting"] == "jax/jit b=1") & (table["cell"] == "left_context=256")].iloc[0]
+    assert row["baseline p50 (ms)"] == pytest.approx(5 * row["practical p50 (ms)"] / 0.9)  # (1 + 256/64) / 0.9
+    assert report.sweep_table(records()).empty
