@@ -86,9 +86,10 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     from bench.ab import RevisionError
     from variants import PluginError, UnknownVariantError
     from variants.spec import SpecOverrideError
+    from bench.cluster import RayUnavailableError
 
     return (UsageProblem, ConfigError, FlagError, ResultsError, DeviceUnavailableError, UnknownVariantError,
-            PluginError, RevisionError, SpecOverrideError)
+            PluginError, RevisionError, SpecOverrideError, RayUnavailableError)
 
 
 @contextlib.contextmanager
@@ -189,7 +190,7 @@ def run_cmd(
     _execute(cfg, run, settings, quick, progress, framework_named=framework is not None)
 
 
-def _execute(cfg, run, settings, quick: bool, progress: bool, framework_named: bool) -> None:
+def _execute(cfg, run, settings, quick: bool, progress: bool, framework_named: bool, executor=None) -> None:
     """Measure `run` into its folder and print what it found (`bench run`, `bench profile`, `bench sweep`):
     the table, the breakdown when profiled, the sweep's map when it has cells; exit 1 if any failed."""
     from bench import machine, report, results, runner
@@ -204,7 +205,7 @@ def _execute(cfg, run, settings, quick: bool, progress: bool, framework_named: b
     typer.echo(f"bench: {len(plan.jobs())} measurements -> {out_dir}", err=True)
     try:
         with _user_errors():
-            summary = runner.run(plan, settings, writer, progress=progress)
+            summary = (executor or runner.run)(plan, settings, writer, progress=progress)
     except KeyboardInterrupt:
         _fail(f"interrupted; {len(writer.records)} records kept in {out_dir}", code=130)
     typer.echo((out_dir / results.TABLE_MD).read_text(encoding="utf-8"))
@@ -283,6 +284,8 @@ def sweep_cmd(
     config: ConfigFlag = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create. [default: reports/runs/<UTC time>-sweep-<device>/]")] = None,
     progress: ProgressFlag = True,
+    ray: Annotated[bool, typer.Option("--ray", help="Run each group of cells as a Ray task, each holding a whole node (pip install -e '.[ray]').")] = False,
+    address: Annotated[Optional[str], typer.Option("--address", help="With --ray: the cluster to join, e.g. auto or ray://head:10001. [default: a new local Ray]")] = None,
 ) -> None:
     """Measure the grid of bench.toml [sweep]: variants x [sweep.set] cells x batches (x frameworks),
     the cells of one framework and batch timed in the same interleaved rounds, and print the speedup
@@ -291,17 +294,30 @@ def sweep_cmd(
 
     \b
     Examples:
-      bench sweep                                   # the default grid (about 10 minutes on 2 cores)
+      bench sweep                                   # the default grid (about 7 minutes on 2 cores)
       bench sweep --config my-sweep.toml --out reports/sweep
+      bench sweep --ray --address auto              # one Ray task per group, on an existing cluster
     """
     with _user_errors():
         cfg = load_config(config)
         run = apply_flags(replace(cfg, run=cfg.sweep), out=out)  # [sweep] as the run, its cells expanded
         if out is None:
             run = _renamed_out(run, "sweep")
+        executor = None
+        if ray:
+            import functools
+            import importlib.util
+
+            from bench import cluster
+
+            if importlib.util.find_spec("ray") is None:
+                raise UsageProblem(cluster.INSTALL_HINT)
+            executor = functools.partial(cluster.run, address=address)
+        elif address is not None:
+            raise UsageProblem("--address needs --ray")
     # the map sets each measured speedup beside the roofline's: measure this machine's peaks
     settings = replace(cfg.measure_for(cfg.sweep_quick), roofline=True)
-    _execute(cfg, run, settings, cfg.sweep_quick, progress, framework_named=False)
+    _execute(cfg, run, settings, cfg.sweep_quick, progress, framework_named=False, executor=executor)
 
 
 def _renamed_out(run, kind: str):
