@@ -318,6 +318,7 @@ def machine_info(framework: str | None = None) -> dict[str, Any]:
     """Threads, CPU, Python and library versions, as flat record keys."""
     load = load_average()
     info: dict[str, Any] = {
+        "host": socket.gethostname(),  # which node measured it (a Ray sweep spans several)
         "threads": framework_threads(framework),
         "cpu_count": os.cpu_count(),
         "usable_cores": usable_cores(),

@@ -53,7 +53,7 @@ EXTRA_KEYS = (
     "timing_capped", "warmup_iterations", "peak_flops_per_s", "peak_bytes_per_s", "peaks_source",
     "warnings", "measure_wall_s", *(f"roofline_ms_{k}" for k in NAMED_DEVICES),
     "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "rounds", "steps_per_round", "worker", "revision",
-    "precision_applied", "base_variant", "overrides", *profile.COLUMNS,
+    "precision_applied", "base_variant", "overrides", "host", *profile.COLUMNS,
 )
 
 

@@ -438,3 +438,16 @@ def test_a_grid_that_would_not_fit_in_memory_is_refused_before_it_starts(monkeyp
                                         "--set", "left_context=64,256", "--out", str(tmp_path / "r")))
     assert "GiB at once" in line and "4.0 GiB is available" in line
     assert not fake.calls and not (tmp_path / "r").exists()
+
+
+def test_sweep_on_ray_without_ray_says_how_to_install_it(monkeypatch, tmp_path):
+    import importlib.util
+
+    fake = FakeWorkers()
+    install(monkeypatch, fake)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    line = assert_one_line_error(invoke("sweep", "--ray", "--out", str(tmp_path / "r")))
+    assert "pip install -e '.[ray]'" in line
+    assert "--address needs --ray" in assert_one_line_error(invoke("sweep", "--address", "auto"))
+    assert not fake.calls
