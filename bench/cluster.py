@@ -15,11 +15,10 @@ import dataclasses
 import gzip
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench import machine, measure, runner
+from bench import measure, runner
 from bench.config import MeasureSettings
 from bench.results import PROFILES_DIR, RunWriter
 from bench.runner import RunPlan, RunSummary, override_columns
@@ -88,36 +87,27 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
             raise RayUnavailableError(f"cannot reach a Ray cluster at {address or 'a new local one'}: "
                                       f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     summary = RunSummary(records=writer.records)
-    start = time.perf_counter()
-    status = "complete"
     try:
-        task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(measure_group)
-        options = _task_resources(ray, plan.device)
-        pending = {task.options(**options).remote(sub, settings): sub for sub in _group_plans(plan)}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            sub = pending.pop(done[0])
-            try:
-                result = ray.get(done[0])
-            except Exception as e:  # noqa: BLE001 - a task that failed after its retries: its cells failed
-                cause = f"ray task failed after {MAX_RETRIES} retries: {type(e).__name__}"
-                for record in _failed_records(sub, cause):
-                    writer.add(record)
-                continue
-            for record in result["records"]:
-                key = raw_key(record)
-                writer.add(record, result["rounds"].get(key), result["profiles"].get(key))
-            if progress:
-                print(f"bench: {len(writer.records)}/{len(plan.jobs())} measured (ray)", flush=True)
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    except BaseException as e:  # a bug must not leave the folder looking complete
-        status = f"aborted: {type(e).__name__}"
-        raise
+        with runner.recording(writer, summary):
+            task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(measure_group)
+            options = _task_resources(ray, plan.device)
+            pending = {task.options(**options).remote(sub, settings): sub for sub in _group_plans(plan)}
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                sub = pending.pop(done[0])
+                try:
+                    result = ray.get(done[0])
+                except Exception as e:  # noqa: BLE001 - a task that failed after its retries: its cells failed
+                    cause = f"ray task failed after {MAX_RETRIES} retries: {type(e).__name__}"
+                    for record in _failed_records(sub, cause):
+                        writer.add(record)
+                    continue
+                for record in result["records"]:
+                    key = raw_key(record)
+                    writer.add(record, result["rounds"].get(key), result["profiles"].get(key))
+                if progress:
+                    print(f"bench: {len(writer.records)}/{len(plan.jobs())} measured (ray)", flush=True)
     finally:
-        summary.elapsed_s = time.perf_counter() - start
-        writer.finish(status, **machine.environment())
         if started_here:
             ray.shutdown()
     return summary

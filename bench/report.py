@@ -334,16 +334,20 @@ def _cells(table: pd.DataFrame, first: int) -> pd.DataFrame:
     return shown
 
 
+def _markdown(table: pd.DataFrame, note: str) -> str:
+    """A table with a leading variant/setting pair of text columns, headed by its note."""
+    return note + "\n\n" + _cells(table, first=2).to_markdown(index=False, disable_numparse=True) + "\n"
+
+
 def render_predictions(df: pd.DataFrame) -> str:
     table = predicted_table(df)
     if table.empty:
         return ""
-    shown = _cells(table, first=2)
     arithmetic = _arithmetic(df)
     note = ("> predicted per-step latency on named accelerators: roofline lower bound max(FLOPs / peak, "
             "bytes / bandwidth) from the analytic counts and public peaks (bench/roofline.py), not measured"
             + (f"; peaks for {arithmetic}" if arithmetic else ""))
-    return note + "\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+    return _markdown(table, note)
 
 
 # ---- where a step's time goes (bench profile) -------------------------------------------------------
@@ -377,13 +381,12 @@ def render_profile(df: pd.DataFrame) -> str:
     table = profile_table(df)
     if table.empty:
         return ""
-    shown = _cells(table, first=2)
     sources = "; ".join(sorted({str(s) for s in df.get("profile_source", pd.Series(dtype=object)).dropna()}))
     note = ("> where a step's time goes (ms per step, bench.profile): op classes from the framework's profiler "
             f"({sources}); `outside_ops` = time when no op ran (dispatch, host work); "
             "classes scaled onto the step's p50 (`profile_scale`: the profiler's own stretch); "
             "`/bound` = measured / the class's own roofline bound on this machine (analytic FLOPs and bytes)")
-    return note + "\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+    return _markdown(table, note)
 
 
 # ---- the speedup map (bench sweep) -------------------------------------------------------------------
@@ -425,8 +428,7 @@ def render_sweep(df: pd.DataFrame) -> str:
     table = sweep_table(df)
     if table.empty:
         return ""
-    shown = _cells(table, first=2)
     note = ("> the speedup map: per cell of spec overrides and batch, measured side by side in interleaved rounds "
             "(speedup with its 95% interval), beside the roofline's prediction from the analytic FLOPs and bytes: "
             "on this machine (its measured peaks) and on named accelerators (public peaks); the paper reports 6.8x on TPU")
-    return note + "\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+    return _markdown(table, note)

@@ -9,12 +9,13 @@ dies or hangs fails its own record; the group and the run go on.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from bench import machine, measure, stats, table
 from bench.config import MeasureSettings, RunConfig
@@ -287,6 +288,25 @@ class _Group:
             self.alive.remove(job)
 
 
+@contextlib.contextmanager
+def recording(writer: RunWriter, summary: RunSummary) -> Iterator[None]:
+    """Around a run's measurements (here or on Ray): its elapsed time, and its folder marked finished
+    with how it ended ("complete", "interrupted", "aborted: <error>"), never left looking complete."""
+    start = time.perf_counter()
+    status = "complete"
+    try:
+        yield
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except BaseException as e:
+        status = f"aborted: {type(e).__name__}"
+        raise
+    finally:
+        summary.elapsed_s = time.perf_counter() - start
+        writer.finish(status, **machine.environment())
+
+
 def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress: bool = True,
         pool: WorkerPool | None = None, seed: int | None = None) -> RunSummary:
     """Measure every job of the plan and store the records; returns them with the elapsed time."""
@@ -296,40 +316,31 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
     clock_start = machine.cpu_clock_mhz()
     summary.busy_before = machine.busy_cores()
     known_peaks: dict[tuple, dict[str, Any]] = {}  # _peaks_key -> peak columns, measured once
-    start = time.perf_counter()
-    status = "complete"
-    try:
-        with _progress(progress) as bar:
-            task = bar.add_task("starting", total=len(plan.jobs()))
-            for index, jobs in enumerate(plan.groups()):
-                group = _Group(jobs)
-                try:
-                    _prepare(group, plan, settings, pool, known_peaks, bar, task)
-                    _rounds(group, settings, pool, rng, bar, task)
-                    if settings.profile:
-                        _profile(group, settings, pool, bar, task)
-                finally:  # an interrupted group still keeps every round it timed
-                    for job, record in _finish(group, settings).items():
-                        writer.add(record, group.rounds[job], group.profiles.get(job))
-                        bar.console.print(_done_line(record, job), highlight=False)
-                    for job in group.alive:
-                        try:
-                            pool.get(job).request({"cmd": "drop", "key": session_key(job)}, settings.timeout_s)
-                        except WorkerDied:
-                            pass
-                    pool.retire(remaining={(j.framework, j.mode) for g in plan.groups()[index + 1:] for j in g})
-                bar.advance(task, len(jobs))
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    except BaseException as e:  # a bug must not leave the folder looking complete
-        status = f"aborted: {type(e).__name__}"
-        raise
-    finally:
-        pool.close()
-        summary.elapsed_s = time.perf_counter() - start
-        summary.clock_mhz = (clock_start, machine.cpu_clock_mhz())
-        writer.finish(status, **machine.environment())
+    with recording(writer, summary):
+        try:
+            with _progress(progress) as bar:
+                task = bar.add_task("starting", total=len(plan.jobs()))
+                for index, jobs in enumerate(plan.groups()):
+                    group = _Group(jobs)
+                    try:
+                        _prepare(group, plan, settings, pool, known_peaks, bar, task)
+                        _rounds(group, settings, pool, rng, bar, task)
+                        if settings.profile:
+                            _profile(group, settings, pool, bar, task)
+                    finally:  # an interrupted group still keeps every round it timed
+                        for job, record in _finish(group, settings).items():
+                            writer.add(record, group.rounds[job], group.profiles.get(job))
+                            bar.console.print(_done_line(record, job), highlight=False)
+                        for job in group.alive:
+                            try:
+                                pool.get(job).request({"cmd": "drop", "key": session_key(job)}, settings.timeout_s)
+                            except WorkerDied:
+                                pass
+                        pool.retire(remaining={(j.framework, j.mode) for g in plan.groups()[index + 1:] for j in g})
+                    bar.advance(task, len(jobs))
+        finally:
+            pool.close()
+            summary.clock_mhz = (clock_start, machine.cpu_clock_mhz())
     return summary
 
 
