@@ -47,7 +47,7 @@ def measure_group(plan: RunPlan, settings: MeasureSettings) -> dict[str, Any]:
         profiles = {}
         for path in (Path(folder) / PROFILES_DIR).glob("*.json.gz"):
             data = json.loads(gzip.decompress(path.read_bytes()))
-            profiles[data["key"]] = data["ops"]
+            profiles[data.pop("key")] = data
     return {"records": writer.records, "rounds": writer.raw_times, "profiles": profiles}
 
 

@@ -109,10 +109,11 @@ class Prepared:
         self.timed_s.extend(result.step_s)
         return list(result.step_s)
 
-    def profile(self, steps: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def profile(self, steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """`steps` steps under the framework's profiler: the record's profile columns
         (bench.profile.summarize, scaled to the median of the steps this session timed, which is the
-        record's p50; `steps` more are timed first when it timed none) and the raw ops."""
+        record's p50; `steps` more are timed first when it timed none) and the raw profile for the run
+        folder: every op, and each class beside its bounds (bench.profile.class_table)."""
         import statistics
 
         if not self.timed_s:
@@ -123,7 +124,9 @@ class Prepared:
         columns = profile.summarize(ops, wall_s, steps, statistics.median(self.timed_s), bounds,
                                     r.get("peak_flops_per_s"), r.get("peak_bytes_per_s"))
         columns["profile_source"] = self.session.profile_source
-        return columns, profile.raw_ops(ops)
+        raw = {"classes": profile.class_table(bounds, columns, r["dtype"], r.get("precision") or PRECISIONS[0]),
+               "ops": profile.raw_ops(ops)}
+        return columns, raw
 
 
 def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int, *, dtype: str = "float32",

@@ -162,6 +162,22 @@ def summarize(ops: Sequence[Op], wall_s: float, steps: int, step_s: float,
     return out
 
 
+def class_table(bounds: Mapping[str, Mapping[str, float]], columns: Mapping[str, Any], dtype: str,
+                precision: str) -> dict[str, dict[str, Any]]:
+    """Each class beside its own bound, for the run folder's raw profile: its FLOPs and bytes, the
+    measured ms per step, and its roofline time on this machine and on every named accelerator."""
+    from bench import roofline
+
+    out = {}
+    for cls, b in bounds.items():
+        named = {key: 1e3 * roofline.roofline_bound_s(b["flops"], b["bytes"], dev, dtype, precision)
+                 for key, dev in roofline.NAMED_DEVICES.items()}
+        out[cls] = {"flops": b["flops"], "bytes": b["bytes"], "measured_ms": columns.get(TIME_PREFIX + cls),
+                    "bound_ms_this_machine": columns.get(f"bound_ms_{cls}"),
+                    **{f"bound_ms_{key}": ms for key, ms in named.items()}}
+    return out
+
+
 def raw_ops(ops: Sequence[Op]) -> list[dict[str, Any]]:
     """The profile as the run folder keeps it: every op with its path, class and duration (us)."""
     t0 = min((op.start_s for op in ops), default=0.0)

@@ -24,7 +24,8 @@ RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 TABLE_MD = "table.md"
 RAW_TIMES_JSON = "raw_times.json"
-PROFILES_DIR = "profiles"  # one gzipped JSON per profiled record: every op with its module path, class and duration
+PROFILES_DIR = "profiles"  # one gzipped JSON per profiled record: each class beside its bounds, and every op
+                           # with its module path, class and duration
 SCHEMA_VERSION = 2  # 2: raw_times.json holds one list per interleaved round
 
 
@@ -113,12 +114,12 @@ class RunWriter:
             raise ResultsError(f"{self.dir}: cannot write a run folder here ({e.strerror or e})") from None
 
     def add(self, record: Mapping[str, Any], rounds: Sequence[Sequence[float]] | None = None,
-            profile_ops: Sequence[Mapping[str, Any]] | None = None) -> None:
+            profile: Mapping[str, Any] | None = None) -> None:
         """Store a record and its step times in seconds, one list per interleaved round, and its raw
-        profile (bench.profile.raw_ops) when it was profiled."""
-        if profile_ops is not None:
+        profile ({"classes": ..., "ops": [...]}, bench.measure.Prepared.profile) when it was profiled."""
+        if profile is not None:
             profile_path(self.dir, record).parent.mkdir(exist_ok=True)
-            text = _dumps({"key": raw_key(record), "ops": list(profile_ops)})
+            text = _dumps({"key": raw_key(record), **profile})
             atomic_write_bytes(profile_path(self.dir, record), gzip.compress(text.encode("utf-8"), mtime=0))
         self.records.append(dict(record))
         if rounds is not None:

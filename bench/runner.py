@@ -267,7 +267,7 @@ class _Group:
         self.alive: list[Job] = []
         self.order: list[list[Job]] = []  # the order each round ran in
         self.capped = False  # the rounds stopped at max_time_s before min_time_s was reached
-        self.profiles: dict[Job, list[dict[str, Any]]] = {}  # raw profile ops of each profiled job
+        self.profiles: dict[Job, dict[str, Any]] = {}  # the raw profile of each profiled job (classes, ops)
 
     def ask(self, pool: "WorkerPool", job: Job, request: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
         """The worker's reply, or None after failing the job (its worker died, hung or answered an error)."""
@@ -437,7 +437,7 @@ def _profile(group: _Group, settings: MeasureSettings, pool: WorkerPool, bar, ta
             group.records[job]["profile_error"] = reply["error"]
             continue
         group.records[job].update(reply["columns"])
-        group.profiles[job] = reply["ops"]
+        group.profiles[job] = reply["profile"]
 
 
 def _finish(group: _Group, settings: MeasureSettings) -> dict[Job, dict[str, Any]]:

@@ -8,7 +8,8 @@ raises `WorkerDied` in the parent, whose message is what a failed record says.
 
 Requests: {"cmd": "prepare", "key": ..., "args": {...}} -> {"record": {...}} (the non-timing columns);
 {"cmd": "time", "key": ..., "steps": n, "warmup": w} -> {"step_s": [...]};
-{"cmd": "profile", "key": ..., "steps": n} -> {"columns": {...}, "ops": [...]} (bench.profile);
+{"cmd": "profile", "key": ..., "steps": n} -> {"columns": {...}, "profile": {"classes": ..., "ops": [...]}}
+(bench.measure.Prepared.profile);
 {"cmd": "drop", "key": ...} -> {}; {"cmd": "exit"}. A request that fails in Python answers
 {"error": "Type: message"} and the worker lives on.
 """
@@ -167,8 +168,8 @@ def _serve(requests, reply) -> None:
             elif cmd == "time":
                 reply({"step_s": sessions[message["key"]].time_burst(message["steps"], message.get("warmup", 0))})
             elif cmd == "profile":
-                columns, ops = sessions[message["key"]].profile(message["steps"])
-                reply({"columns": columns, "ops": ops})
+                columns, raw = sessions[message["key"]].profile(message["steps"])
+                reply({"columns": columns, "profile": raw})
             elif cmd == "drop":
                 sessions.pop(message["key"], None)
                 reply({})

@@ -113,8 +113,9 @@ class FakeWorker:
             p50_ms = 1e3 * self.sessions[key]["p50"]
             return {"columns": {"time_ms_ffn": 0.6 * p50_ms, "time_ms_outside_ops": 0.4 * p50_ms,
                                 "profile_source": "fake"},
-                    "ops": [{"name": "matmul", "path": "blocks.0.ffn.0", "class": "ffn", "start_us": 0.0,
-                             "dur_us": 600.0 * p50_ms}]}
+                    "profile": {"classes": {"ffn": {"measured_ms": 0.6 * p50_ms}},
+                                "ops": [{"name": "matmul", "path": "blocks.0.ffn.0", "class": "ffn", "start_us": 0.0,
+                                         "dur_us": 600.0 * p50_ms}]}}
         return {"error": f"unknown request {cmd!r}"}
 
     def _prepare(self, args: dict[str, Any], key: str) -> dict[str, Any]:

@@ -1,10 +1,9 @@
 """bench.profile: op classes from module paths, time attribution with overlapping ops, and real profiles of
 tiny variants in both frameworks (every op lands in a class)."""
 
-import jax
-import pytest
-import torch
+import dataclasses
 
+import pytest
 import variants
 from bench import measure, profile
 from bench.profile import CLASSES, TIME_PREFIX, Op, attribute, op_class
@@ -50,11 +49,17 @@ def test_classes_are_scaled_onto_the_timed_step():
 
 
 def _profiled(spec, framework):
-    settings = measure.load_config().quick
+    settings = dataclasses.replace(measure.load_config().quick, roofline=True)
     prepared = measure.prepare(spec, framework, "cpu", 2, 6, settings=settings)
     assert prepared.record["status"] == "prepared", prepared.record["error"]
     prepared.time_burst(3)
-    return prepared.profile(3)
+    columns, raw = prepared.profile(3)
+    for cls, entry in raw["classes"].items():  # each class beside its own bound, here and on the named devices
+        assert entry["measured_ms"] == columns[TIME_PREFIX + cls]
+        assert entry["bound_ms_this_machine"] == columns[f"bound_ms_{cls}"]
+        assert entry["bound_ms_tpu_v4"] >= 0 and entry["flops"] >= 0 and entry["bytes"] >= 0
+    assert raw["classes"]["ffn"]["flops"] > 0 and raw["classes"]["ffn"]["bound_ms_tpu_v4"] > 0
+    return columns, raw["ops"]
 
 
 @pytest.mark.parametrize("framework", ["jax", "torch"])

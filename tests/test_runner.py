@@ -386,7 +386,11 @@ def test_profiling_after_the_rounds_adds_the_classes_and_keeps_every_op_in_the_f
     assert by_variant["baseline"]["time_ms_ffn"] > 0 and by_variant["baseline"]["profile_source"] == "fake"
     assert by_variant["conv_lower"]["profile_error"] == "RuntimeError: profiler unavailable"
     assert by_variant["conv_lower"].get("time_ms_ffn") is None
-    assert results.profile_path(tmp_path, by_variant["baseline"]).exists()
+    import gzip
+    import json
+
+    saved = json.loads(gzip.decompress(results.profile_path(tmp_path, by_variant["baseline"]).read_bytes()))
+    assert saved["key"].startswith("baseline|") and saved["ops"] and saved["classes"]["ffn"]["measured_ms"] > 0
     assert not results.profile_path(tmp_path, by_variant["conv_lower"]).exists()
     cmds = [cmd for _, cmd, _ in lab.requests]
     assert cmds.index("profile") > max(i for i, c in enumerate(cmds) if c == "time")  # after every round
