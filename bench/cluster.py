@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench import measure, runner
+from bench import runner
 from bench.config import MeasureSettings
 from bench.results import PROFILES_DIR, RunWriter
-from bench.runner import RunPlan, RunSummary, override_columns
+from bench.runner import RunPlan, RunSummary
 from bench.schema import raw_key
 
 MAX_RETRIES = 2  # a task whose node dies is run again elsewhere this many times
@@ -62,14 +62,7 @@ def _task_resources(ray: Any, device: str) -> dict[str, Any]:
 
 
 def _failed_records(plan: RunPlan, cause: str) -> list[dict[str, Any]]:
-    out = []
-    for job in plan.jobs():
-        record = {k: v for k, v in measure.empty_record().items() if k != "raw_step_s"}
-        record.update(variant=job.variant, framework=job.framework, mode=job.mode, device=plan.device,
-                      dtype=plan.dtype, precision=plan.precision, batch=job.batch, chunk_frames=plan.chunk_frames,
-                      status="failed", error=cause, **override_columns(job.variant))
-        out.append(record)
-    return out
+    return [runner.empty_job_record(job, plan) | {"status": "failed", "error": cause} for job in plan.jobs()]
 
 
 def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress: bool = True,

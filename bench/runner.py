@@ -233,6 +233,18 @@ def peak_memory_bytes(plan: RunPlan) -> tuple[int, list[Job]]:
     return best
 
 
+def job_identity(job: Job, plan: RunPlan) -> dict[str, Any]:
+    """The columns that say which measurement a record is, whatever its worker replied."""
+    return dict(variant=job.variant, framework=job.framework, mode=job.mode, device=plan.device, dtype=plan.dtype,
+                precision=plan.precision, batch=job.batch, chunk_frames=plan.chunk_frames,
+                revision=job.side or None, **override_columns(job.variant))
+
+
+def empty_job_record(job: Job, plan: RunPlan) -> dict[str, Any]:
+    """A record of `job` with every column present and nothing measured yet."""
+    return {k: v for k, v in measure.empty_record().items() if k != RAW_STEP_KEY} | job_identity(job, plan)
+
+
 def session_key(job: Job) -> str:
     return f"{job.variant}|{job.framework}|{job.mode}|{job.batch}"
 
@@ -357,10 +369,8 @@ def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: Work
         args = dict(variant=job.variant, framework=job.framework, device=plan.device, batch=job.batch,
                     chunk_frames=plan.chunk_frames, dtype=plan.dtype, precision=plan.precision, mode=job.mode,
                     settings=asdict(settings), known_peaks=known_peaks.get(peaks_key))
-        identity = dict(variant=job.variant, framework=job.framework, mode=job.mode, device=plan.device,
-                        dtype=plan.dtype, precision=plan.precision, batch=job.batch, chunk_frames=plan.chunk_frames,
-                        revision=job.side or None, **override_columns(job.variant))
-        group.records[job] = {k: v for k, v in measure.empty_record().items() if k != RAW_STEP_KEY} | identity
+        identity = job_identity(job, plan)
+        group.records[job] = empty_job_record(job, plan)
         reply = group.ask(pool, job, {"cmd": "prepare", "key": session_key(job), "args": args}, settings.timeout_s)
         if reply is None:
             return
