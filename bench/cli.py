@@ -27,10 +27,10 @@ DeviceFlag = Annotated[Optional[str], typer.Option("--device", "-d", help="cpu, 
 FrameworkFlag = Annotated[Optional[str], typer.Option("--framework", "-f", help="jax, torch or all. [default: bench.toml run.frameworks]")]
 BatchFlag = Annotated[Optional[str], typer.Option("--batch", "-b", help="Comma-separated batch sizes, e.g. 1,64. [default: bench.toml run.batches]")]
 ChunkFlag = Annotated[Optional[int], typer.Option("--chunk", "-c", help="Input frames (10 ms) per streaming step. [default: bench.toml run.chunk_frames]")]
-TorchModeFlag = Annotated[Optional[str], typer.Option("--torch-mode", help="eager, compile or eager,compile. [default: bench.toml run.torch_modes]")]
+TorchModeFlag = Annotated[Optional[str], typer.Option("--torch-mode", help="eager, compile, cudagraphs (CUDA graph replay; --device gpu) or a list: eager,compile. [default: bench.toml run.torch_modes]")]
 SetFlag = Annotated[Optional[list[str]], typer.Option("--set", help="Set a spec field for every variant, e.g. --set left_context=32,64 (repeatable; comma lists make a grid of cells, each variant measured in each). [default: bench.toml [run.set]]")]
 PrecisionFlag = Annotated[Optional[str], typer.Option("--precision", help="float32 matmul precision in every framework: highest, high or default (see README). [default: bench.toml run.precision]")]
-DtypeFlag = Annotated[Optional[str], typer.Option("--dtype", help="float32 or bfloat16 (what accelerators serve in). [default: bench.toml run.dtype]")]
+DtypeFlag = Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16 (what accelerators serve in) or int8 (ONNX Runtime's dynamic quantisation of the MatMul weights). [default: bench.toml run.dtype]")]
 ConfigFlag = Annotated[Optional[Path], typer.Option("--config", help="Config file. [default: ./bench.toml if present]")]
 QuickFlag = Annotated[bool, typer.Option("--quick", help="Few repetitions (bench.toml [measure.quick]): smoke runs and CI.")]
 ProgressFlag = Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")]
@@ -234,6 +234,34 @@ def _check_memory(plan) -> None:
             f"measure fewer variants, cells or batches at a time")
 
 
+def _settings_here(run, frameworks: tuple[str, ...], named: bool):
+    """The run without what cannot run in its settings, and a line for each thing left out: a quantised
+    dtype runs in ONNX Runtime only (a framework the user named that cannot is an error), and a CUDA-only
+    mode (torch "cudagraphs") needs --device gpu."""
+    from bench.schema import CUDA_ONLY_MODES, QUANTIZED_FRAMEWORKS
+    from variants.build import QUANTIZED_DTYPES
+
+    lines = []
+    if run.dtype in QUANTIZED_DTYPES:
+        cannot = [fw for fw in frameworks if fw not in QUANTIZED_FRAMEWORKS]
+        if cannot and named or len(cannot) == len(frameworks):
+            raise UsageProblem(f"--dtype {run.dtype}: quantised weights run in {', '.join(QUANTIZED_FRAMEWORKS)} "
+                               f"only, not {', '.join(cannot)}; use --framework {QUANTIZED_FRAMEWORKS[0]}")
+        lines += [f"skipping {fw}: --dtype {run.dtype} runs in {', '.join(QUANTIZED_FRAMEWORKS)} only" for fw in cannot]
+        frameworks = tuple(fw for fw in frameworks if fw not in cannot)
+    torch_modes = run.torch_modes
+    if run.device != "gpu" and "torch" in frameworks:
+        torch_modes = tuple(m for m in run.torch_modes if ("torch", m) not in CUDA_ONLY_MODES)
+        lines += [f"skipping torch/{m} on {run.device}: it replays CUDA graphs, which need --device gpu"
+                  for m in run.torch_modes if m not in torch_modes]
+        if not torch_modes:
+            frameworks = tuple(fw for fw in frameworks if fw != "torch")
+            torch_modes = run.torch_modes
+    if not frameworks:
+        raise UsageProblem(f"nothing to measure on {run.device} in {run.dtype}: " + "; ".join(lines))
+    return replace(run, frameworks=frameworks, torch_modes=torch_modes), lines
+
+
 def _runnable(run, framework_named: bool):
     """The run with only the frameworks that can use its device, and the folder checked to hold no run.
 
@@ -242,11 +270,12 @@ def _runnable(run, framework_named: bool):
     from bench import machine, results
 
     frameworks, skipped = machine.frameworks_on(run.device, run.frameworks, named=framework_named)
-    for line in skipped:
+    run, left_out = _settings_here(run, frameworks, framework_named)
+    for line in (*skipped, *left_out):
         typer.echo(f"bench: {line}", err=True)
     if (Path(run.out_dir) / results.RESULTS_JSON).exists():
         raise UsageProblem(f"--out {run.out_dir} already holds a run; choose another folder")
-    return replace(run, frameworks=frameworks)
+    return run
 
 
 @app.command("profile")

@@ -1,6 +1,6 @@
 """FLOP counters for one streaming step, each reporting FLOPs = 2 x multiply-adds (MACs).
 
-Three tools, each with the blind spots listed below, normalised to one unit:
+Four tools, each with the blind spots listed below, normalised to one unit:
 - XLA cost analysis of the compiled JAX step (`xla_count`): counts 2 per MAC already, plus every
   elementwise op and reduction; exp/tanh/... go to `transcendentals`. Best effort: may be None.
 - torch.utils.flop_counter.FlopCounterMode on the PyTorch step (`flop_counter_mode_count`):
@@ -12,7 +12,10 @@ Three tools, each with the blind spots listed below, normalised to one unit:
   matmul with a broadcast second operand). It also counts layer norms (not MACs): they stay in
   its total and are left out of its `matmul_flops`.
 
-So FlopCounterMode, fvcore's `matmul_flops` and the analytic count share one scope, the
+- the exported ONNX graph (`onnx_count`): MatMul, Gemm, Conv and Einsum nodes (and their int8
+  forms MatMulInteger / DynamicQuantizeMatMul) from their shapes after ONNX shape inference, 2 per MAC.
+
+So FlopCounterMode, fvcore's `matmul_flops`, the ONNX count and the analytic count share one scope, the
 "matmul/conv part": dense projections, batched matmuls/einsums (attention scores and values,
 Performer features, state update and readout) and convolutions. XLA's total also holds
 elementwise work and its per-op split is not exposed, so its total is what is compared (at full
@@ -191,3 +194,45 @@ def fvcore_count(module: Any, inputs: tuple) -> FlopCount:
         return FlopCount("fvcore", total, by_op=by_op)
     except Exception as e:  # noqa: BLE001
         return _unavailable("fvcore", e)
+
+
+# ---- ONNX graph ----------------------------------------------------------------------------------
+ONNX_MATMUL_OPS = ("MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "Gemm", "Conv", "Einsum")
+
+
+def onnx_count(path: Any) -> FlopCount:
+    """FLOPs of an ONNX model's MatMul/Gemm/Conv/Einsum nodes (2 x MACs), from the static shapes ONNX's
+    shape inference gives every value (the harness exports each step with fixed shapes)."""
+    try:
+        import onnx
+        from onnx import shape_inference
+
+        model = shape_inference.infer_shapes(onnx.load(str(path)))
+        shapes: dict[str, list[int]] = {}
+        for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+            dims = value.type.tensor_type.shape.dim
+            if all(d.HasField("dim_value") for d in dims):
+                shapes[value.name] = [d.dim_value for d in dims]
+        shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+        by_op: dict[str, int] = {}
+        for node in model.graph.node:
+            if node.op_type not in ONNX_MATMUL_OPS:
+                continue
+            ins = [shapes.get(name) for name in node.input]
+            out = shapes.get(node.output[0])
+            if out is None or any(s is None for s in ins[:2]):
+                return _unavailable("onnx", f"no static shape for {node.op_type} node {node.name!r}")
+            if node.op_type == "Einsum":
+                equation = next(a.s.decode() for a in node.attribute if a.name == "equation")
+                macs = _einsum_macs(equation, ins)
+            elif node.op_type == "Conv":  # out [N, C_out, *spatial], weight [C_out, C_in / groups, *kernel]
+                macs = math.prod(out) * math.prod(ins[1][1:])
+            elif node.op_type == "Gemm":
+                trans_a = any(a.name == "transA" and a.i for a in node.attribute)
+                macs = math.prod(out) * ins[0][0 if trans_a else -1]
+            else:  # MatMul and its int8 forms: out [..., m, n] from a [..., m, k]
+                macs = math.prod(out) * ins[0][-1]
+            by_op[node.op_type] = by_op.get(node.op_type, 0) + 2 * macs
+        return FlopCount("onnx", sum(by_op.values()), by_op=by_op)
+    except Exception as e:  # noqa: BLE001
+        return _unavailable("onnx", e)

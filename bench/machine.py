@@ -28,7 +28,7 @@ from typing import Any
 from bench.schema import DEVICES, FRAMEWORKS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LIBRARIES = ("numpy", "jax", "jaxlib", "flax", "torch", "torch_xla", "fvcore")
+LIBRARIES = ("numpy", "jax", "jaxlib", "flax", "torch", "torch_xla", "fvcore", "onnx", "onnxscript", "onnxruntime")
 THREAD_COUNT_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")  # what sizes a thread pool
 THREAD_ENV_VARS = (*THREAD_COUNT_VARS, "XLA_FLAGS")  # recorded in a run's metadata
 # Set in every worker (unless the user set it): several workers share one GPU (a variant each, both
@@ -44,6 +44,8 @@ ENABLE_HINTS = {
     ("jax", "tpu"): "pip install 'jax[tpu]' (README: Running on TPU)",
     ("torch", "gpu"): "install a CUDA build of torch (README: Running on GPU)",
     ("torch", "tpu"): "use an environment with torch_xla and its matching torch (README: Running on TPU)",
+    ("onnxruntime", "gpu"): "pip install onnxruntime-gpu in place of onnxruntime (README: Running on GPU)",
+    ("onnxruntime", "tpu"): "ONNX Runtime has no TPU execution provider",
 }
 
 
@@ -95,6 +97,25 @@ def _torch_device(kind: str):
     return None
 
 
+# ---- ONNX Runtime ----------------------------------------------------------------------------
+def _ort_device(kind: str):
+    """An OrtDevice for the CPU, or for CUDA device 0 where this onnxruntime build has the CUDA
+    execution provider (onnxruntime-gpu); no TPU provider exists."""
+    import onnxruntime
+
+    from variants.onnx_encoder import OrtDevice
+
+    if kind == "cpu":
+        return OrtDevice("cpu")
+    if kind == "gpu" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return OrtDevice("cuda", 0)
+    return None
+
+
+_NATIVE_DEVICE = {"jax": lambda kind: (_jax_devices(kind) or [None])[0], "torch": _torch_device,
+                  "onnxruntime": _ort_device}
+
+
 # ---- devices ---------------------------------------------------------------------------------
 def devices_here(framework: str) -> dict[str, str]:
     """Device kinds `framework` can use -> the device's name, asked in this process (which then holds
@@ -102,7 +123,7 @@ def devices_here(framework: str) -> dict[str, str]:
     found = {}
     for kind in DEVICES:
         try:
-            native = (_jax_devices(kind) or [None])[0] if framework == "jax" else _torch_device(kind)
+            native = _NATIVE_DEVICE[framework](kind)
         except ImportError:
             native = None
         if native is not None:
@@ -167,15 +188,12 @@ def frameworks_on(device: str, frameworks: tuple[str, ...], named: bool) -> tupl
 
 
 def resolve_device(framework: str, device: str) -> Any:
-    """The framework's native device for `device` ("cpu" | "gpu" | "tpu"): a jax.Device or a torch.device.
+    """The framework's native device for `device` ("cpu" | "gpu" | "tpu"): a jax.Device, a torch.device or
+    an OrtDevice.
 
     Raises DeviceUnavailableError (one line, naming what is available) when it is not there."""
     _check(framework, device)
-    if framework == "jax":
-        found = _jax_devices(device)
-        native = found[0] if found else None
-    else:
-        native = _torch_device(device)
+    native = _NATIVE_DEVICE[framework](device)
     if native is None:
         available = list(devices_here(framework))
         raise DeviceUnavailableError(
@@ -195,13 +213,16 @@ def device_name(native: Any) -> str:
         if native.platform == "cpu":
             return cpu_name()
         return TPU_NAMES.get(str(native.device_kind), str(native.device_kind))
-    kind = getattr(native, "type", None)  # torch.device
+    kind = getattr(native, "type", None) or getattr(native, "kind", None)  # torch.device, OrtDevice
     if kind == "cpu":
         return cpu_name()
     if kind == "cuda":
-        import torch
+        try:
+            import torch  # CUDA's name for the card, the same one every framework reports
 
-        return torch.cuda.get_device_name(native)
+            return torch.cuda.get_device_name(native.index)
+        except (ImportError, RuntimeError, AssertionError):  # a CPU build of torch beside onnxruntime-gpu
+            return f"CUDA device {native.index}"
     if kind == "xla":
         return tpu_name_from_accelerator_type(os.environ.get("TPU_ACCELERATOR_TYPE")) or f"torch_xla {_torch_xla_type()}"
     return str(native)

@@ -12,7 +12,8 @@ DeviceUnavailableError, which is raised: a missing device fails the whole run, n
 FLOP columns, all FLOPs = 2 x multiply-adds: `flops_per_step` (analytic, the ground truth),
 `flops_per_step_xla` (XLA cost analysis total, JAX records only), `flops_per_step_torch`
 (FlopCounterMode) and `flops_per_step_fvcore` (fvcore's matmul/conv/attention operators;
-`flops_per_step_fvcore_total` adds its layer-norm counts), torch records only. Latency columns
+`flops_per_step_fvcore_total` adds its layer-norm counts), torch records only; `flops_per_step_onnx`
+(MatMul/Gemm/Conv/Einsum nodes of the exported graph), onnxruntime records only. Latency columns
 come from the p50 of synchronised steps; `rtf` = p50 / audio seconds per step, `audio_s_per_s` =
 batch x audio seconds per step / p50.
 """
@@ -28,7 +29,7 @@ from typing import Any, Mapping, Sequence
 from bench import profile, roofline, stats, timing
 from bench.config import MeasureSettings, load_config
 from bench.machine import DeviceUnavailableError, machine_info, resolve_device
-from bench.schema import DTYPE_BYTES, EXTRA_KEYS, PRECISIONS, RAW_STEP_KEY, RECORD_KEYS
+from bench.schema import DTYPE_BYTES, EXTRA_KEYS, PRECISIONS, RAW_STEP_KEY, RECORD_KEYS, activation_dtype
 from bench.worker import WORKER_ENV
 
 
@@ -52,26 +53,29 @@ def one_line_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def analytic_columns(spec, batch: int, chunk_frames: int, dtype: str, precision: str = PRECISIONS[0]) -> dict[str, Any]:
+def analytic_columns(spec, batch: int, chunk_frames: int, dtype: str, precision: str = PRECISIONS[0],
+                     weight_bytes_first_pass: int | None = None) -> dict[str, Any]:
     """Everything the spec alone determines: parameters, state bytes, MACs/FLOPs, bytes per step.
 
     bytes_per_step = first-pass weights read + state read + state written, at `dtype` (the bool
     attention mask stays 1 byte); activations and the input chunk are left out, so it is a lower
-    bound on traffic. The cascade's second-pass weights are not read by a first-pass step."""
+    bound on traffic. The cascade's second-pass weights are not read by a first-pass step.
+    A quantised dtype holds activations and state in its float (schema.activation_dtype); its
+    weights' bytes are the runtime's to say (`weight_bytes_first_pass`, from the quantised graph)."""
     from variants import analytic
 
-    nbytes = DTYPE_BYTES[dtype]
+    nbytes = DTYPE_BYTES[activation_dtype(dtype)]
     params = analytic.param_count(spec)
     params_first = analytic.first_pass_param_count(spec)
     macs = sum(analytic.macs_per_step(spec, batch, chunk_frames).values())
     state_total = analytic.state_bytes(spec, batch, nbytes)
     per_stream = analytic.state_bytes_breakdown(spec, 1, nbytes)
-    weight_first = params_first * nbytes
+    weight_first = params_first * nbytes if weight_bytes_first_pass is None else weight_bytes_first_pass
     bytes_per_step = weight_first + 2 * state_total
     audio_s = chunk_frames * spec.input_frame_ms / 1000.0
     return {
         "params_analytic": params, "params_first_pass": params_first,
-        "weight_bytes": params * nbytes, "weight_bytes_first_pass": weight_first,
+        "weight_bytes": (params - params_first) * nbytes + weight_first, "weight_bytes_first_pass": weight_first,
         "state_bytes_per_stream": sum(per_stream.values()),
         "state_bytes_attention": per_stream["attention"], "state_bytes_conv": per_stream["conv"],
         "state_bytes_time_reduction": per_stream["time_reduction"], "state_bytes": state_total,
@@ -80,8 +84,8 @@ def analytic_columns(spec, batch: int, chunk_frames: int, dtype: str, precision:
         "bytes_per_step": bytes_per_step, "arithmetic_intensity": 2 * macs / bytes_per_step,
         "second_pass_macs_per_segment": analytic.second_pass_macs_per_segment(spec, batch),
         "audio_s_per_step": audio_s,
-        **{f"roofline_ms_{k}": v for k, v in roofline.predict_latency_ms(2 * macs, bytes_per_step, dtype,
-                                                                                     precision).items()},
+        **{f"roofline_ms_{k}": v for k, v in roofline.predict_latency_ms(
+            2 * macs, bytes_per_step, activation_dtype(dtype), precision).items()},
     }
 
 
@@ -120,7 +124,8 @@ class Prepared:
             self.time_burst(steps)
         ops, wall_s, self.state = self.session.profile_ops(self.state, steps)
         r = self.record
-        bounds = profile.class_bounds(self.session.encoder.spec, r["batch"], r["chunk_frames"], DTYPE_BYTES[r["dtype"]])
+        bounds = profile.class_bounds(self.session.encoder.spec, r["batch"], r["chunk_frames"],
+                                      DTYPE_BYTES[activation_dtype(r["dtype"])])
         columns = profile.summarize(ops, wall_s, steps, statistics.median(self.timed_s), bounds,
                                     r.get("peak_flops_per_s"), r.get("peak_bytes_per_s"))
         columns["profile_source"] = self.session.profile_source
@@ -143,13 +148,13 @@ def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int,
     measuring the machine's peaks again."""
     import variants
     from bench import adapters
+    from variants.build import check_dtype
 
     t_start = time.perf_counter()
     settings = _settings(settings)
     spec = variants.resolve_spec(variant)
     mode = adapters.resolve_mode(framework, mode)
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"dtype={dtype!r} is not one of {tuple(DTYPE_BYTES)}")
+    check_dtype(dtype, framework)
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}")
     if batch < 1 or chunk_frames < 1:
@@ -172,7 +177,12 @@ def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int,
             precision=precision)
         enc = session.encoder
         record.update(device_name=session.device_name, compile_s=session.compile_s, params=enc.num_params(),
-                      precision_applied=session.precision_applied)
+                      precision_applied=session.precision_applied,
+                      runtime_options=getattr(session, "runtime_options", None),
+                      quantized=getattr(session, "quantized", None))
+        if record["quantized"]:  # the weights a step reads are the quantised graph's, not the spec's floats
+            record.update(analytic_columns(spec, batch, chunk_frames, dtype, precision,
+                                           weight_bytes_first_pass=session.step_weight_bytes))
         if record["params"] != record["params_analytic"]:
             notes.append(f"model has {record['params']} parameters, the spec's formula {record['params_analytic']}")
 
@@ -295,4 +305,6 @@ def _count(session, record: dict[str, Any]) -> None:
     if fv := counts.get("fvcore"):
         record["flops_per_step_fvcore"] = fv.matmul_flops
         record["flops_per_step_fvcore_total"] = fv.flops
+    if onnx := counts.get("onnx"):
+        record["flops_per_step_onnx"] = onnx.flops
     record["counter_notes"] = "; ".join(reasons) or None

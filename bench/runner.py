@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from bench import machine, measure, stats, table
 from bench.config import MeasureSettings, RunConfig
 from bench.results import SCHEMA_VERSION, RunWriter, utc_now
-from bench.schema import DTYPE_BYTES, PRECISIONS, RAW_STEP_KEY, raw_key
+from bench.schema import DTYPE_BYTES, PRECISIONS, RAW_STEP_KEY, activation_dtype, raw_key
 from bench.worker import Worker, WorkerDied
 
 
@@ -207,6 +207,9 @@ def override_columns(variant: str) -> dict[str, Any]:
     return {"base_variant": base, "overrides": cell, **{f"set_{k}": v for k, v in overrides.items()}}
 
 
+# Copies of the weights a worker holds (default 2: the initial copy it loads from and the framework's).
+# ONNX Runtime's also keeps the PyTorch model it exports from and, while exporting, the graph's constants.
+WEIGHT_COPIES = {"onnxruntime": 4}
 # A worker's own memory besides its model: the framework, its compiled programs, allocator slack
 # (a full-size JAX or PyTorch worker holds ~0.5-1 GiB before its weights on the reference machine).
 WORKER_OVERHEAD_BYTES = 1 << 30
@@ -214,20 +217,19 @@ WORKER_OVERHEAD_BYTES = 1 << 30
 
 def peak_memory_bytes(plan: RunPlan) -> tuple[int, list[Job]]:
     """A rough upper estimate of the memory a run holds at once, and the group that needs it: every
-    worker of a group is alive together, each with its weights (twice: the initial copy it loads
-    from and the framework's), its state at the group's batch three times over (in, out, and a
+    worker of a group is alive together, each with its weights (WEIGHT_COPIES), its state at the group's batch three times over (in, out, and a
     step's activations of the same order) and WORKER_OVERHEAD_BYTES. From the analytic counts, so it
     is known before anything starts."""
     import variants
     from variants import analytic
 
-    nbytes = DTYPE_BYTES[plan.dtype]
+    nbytes = DTYPE_BYTES[activation_dtype(plan.dtype)]
     best: tuple[int, list[Job]] = (0, [])
     for group in plan.groups():
         total = 0
         for job in group:
             spec = variants.get(job.variant).spec
-            total += (2 * analytic.param_count(spec) * nbytes + 3 * analytic.state_bytes(spec, job.batch, nbytes)
+            total += (WEIGHT_COPIES.get(job.framework, 2) * analytic.param_count(spec) * nbytes + 3 * analytic.state_bytes(spec, job.batch, nbytes)
                       + WORKER_OVERHEAD_BYTES)
         best = max(best, (total, group), key=lambda t: t[0])
     return best

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from bench import profile
 from bench.roofline import NAMED_DEVICES
-from variants.build import DTYPE_BYTES, FRAMEWORKS  # what the models can be built in is the models' fact
+from variants.build import DTYPE_BYTES, DTYPES, FRAMEWORKS, QUANTIZED_FRAMEWORKS, activation_dtype  # noqa: F401
+# (what the models can be built in is the models' fact)
 
-MODES = {"jax": ("jit",), "torch": ("eager", "compile")}  # how a framework runs the step
-DEFAULT_MODE = {"jax": "jit", "torch": "eager"}
+# How a framework runs the step. torch "cudagraphs" replays a CUDA graph of the step over static state
+# buffers (CUDA only); onnxruntime "session" is an InferenceSession with IO binding.
+MODES = {"jax": ("jit",), "torch": ("eager", "compile", "cudagraphs"), "onnxruntime": ("session",)}
+DEFAULT_MODE = {"jax": "jit", "torch": "eager", "onnxruntime": "session"}
+CUDA_ONLY_MODES = {("torch", "cudagraphs")}
 DEVICES = ("cpu", "gpu", "tpu")
-DTYPES = tuple(DTYPE_BYTES)
 # How float32 matmuls and convolutions are computed, the same in every framework (bench.adapters apply it):
 # "highest" true float32; "high" TF32 on NVIDIA GPUs, 3 bfloat16 passes on TPU; "default" each device's
 # fast default (TF32 on NVIDIA GPUs, 1 bfloat16 pass on TPU). On a CPU all three are float32. The first
@@ -38,7 +41,7 @@ RECORD_KEYS = (
     "variant", "framework", "mode", "device", "device_name", "dtype", "precision", "batch", "chunk_frames",
     "params", "weight_bytes", "state_bytes_per_stream", "state_bytes_attention", "state_bytes_conv",
     "state_bytes_time_reduction", "macs_per_step", "flops_per_step", "transcendentals_per_step",
-    "flops_per_step_xla", "flops_per_step_torch", "flops_per_step_fvcore", "bytes_per_step",
+    "flops_per_step_xla", "flops_per_step_torch", "flops_per_step_fvcore", "flops_per_step_onnx", "bytes_per_step",
     "arithmetic_intensity", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean",
     "latency_ms_iqr", "compile_s", "iterations", "rtf", "audio_s_per_s", "speedup_vs_baseline",
     "speedup_ci_low", "speedup_ci_high",
@@ -53,7 +56,7 @@ EXTRA_KEYS = (
     "timing_capped", "warmup_iterations", "peak_flops_per_s", "peak_bytes_per_s", "peaks_source",
     "warnings", "measure_wall_s", *(f"roofline_ms_{k}" for k in NAMED_DEVICES),
     "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "rounds", "steps_per_round", "worker", "revision",
-    "precision_applied", "base_variant", "overrides", "host", *profile.COLUMNS,
+    "precision_applied", "runtime_options", "quantized", "base_variant", "overrides", "host", *profile.COLUMNS,
 )
 
 

@@ -10,28 +10,54 @@ from variants.spec import EncoderSpec
 if TYPE_CHECKING:  # the encoders import numpy and a framework; `import variants` stays light
     from variants.encoder import NumpyEncoder
 
-FRAMEWORKS = ("jax", "torch")  # what `build` can build in (bench.schema reads this list)
+FRAMEWORKS = ("jax", "torch", "onnxruntime")  # what `build` can build in (bench.schema reads this list)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}  # what parameters, activations and state can be held in
+# Weight-only quantised dtypes -> the dtype their activations and state are held in, and the frameworks
+# that run them (ONNX Runtime's dynamic quantisation of the MatMul weights).
+QUANTIZED_DTYPES = {"int8": "float32"}
+QUANTIZED_FRAMEWORKS = ("onnxruntime",)
+DTYPES = (*DTYPE_BYTES, *QUANTIZED_DTYPES)
+
+
+def activation_dtype(dtype: str) -> str:
+    """The dtype activations and the state are held in: `dtype` itself, or a quantised dtype's float."""
+    return QUANTIZED_DTYPES.get(dtype, dtype)
+
+
+def check_dtype(dtype: str, framework: str) -> None:
+    """ValueError with one line when `framework` cannot build in `dtype`."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {DTYPES}")
+    if dtype in QUANTIZED_DTYPES and framework not in QUANTIZED_FRAMEWORKS:
+        raise ValueError(f"dtype={dtype!r} (quantised weights) runs in {', '.join(QUANTIZED_FRAMEWORKS)} only, "
+                         f"not {framework}")
+    if framework == "onnxruntime" and dtype not in ("float32", *QUANTIZED_DTYPES):
+        raise ValueError(f"dtype={dtype!r}: onnxruntime runs float32 and {', '.join(QUANTIZED_DTYPES)}")
 
 
 def build(name_or_spec: "str | EncoderSpec", framework: str = "jax", seed: int = 0, dtype: str = "float32",
           device: Any = None) -> "NumpyEncoder":
-    """Build the encoder in `framework` ("jax" | "torch") with weights drawn from `seed`, on `device`:
-    a native device (a jax.Device for JAX, a torch.device for PyTorch) or None for the CPU.
+    """Build the encoder in `framework` ("jax" | "torch" | "onnxruntime") with weights drawn from `seed`,
+    on `device`: a native device (a jax.Device for JAX, a torch.device for PyTorch, a
+    variants.onnx_encoder.OrtDevice for ONNX Runtime) or None for the CPU.
 
     Choosing a device is the caller's (bench.machine.resolve_device turns "gpu" into one).
     Framework imports happen here, not at package import."""
     spec = resolve_spec(name_or_spec)
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework={framework!r} is not one of {FRAMEWORKS}")
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"dtype={dtype!r} is not one of {tuple(DTYPE_BYTES)}")
+    check_dtype(dtype, framework)
     if isinstance(device, str):
-        raise TypeError(f"device={device!r}: pass a native device (jax.Device or torch.device) or None, not a name")
+        raise TypeError(f"device={device!r}: pass a native device (jax.Device, torch.device, OrtDevice) or None, "
+                        "not a name")
     if framework == "jax":
         from variants.jax_encoder import JaxEncoder
 
         return JaxEncoder(spec, seed=seed, dtype=dtype, device=device)
+    if framework == "onnxruntime":
+        from variants.onnx_encoder import OnnxEncoder
+
+        return OnnxEncoder(spec, seed=seed, dtype=dtype, device=device)
     from variants.torch_encoder import TorchEncoder
 
     return TorchEncoder(spec, seed=seed, dtype=dtype, device=device)

@@ -61,5 +61,22 @@ def map_arrays(fn: Callable[[Any], Any], tree: Any) -> Any:
 
 
 def state_nbytes(state: Any) -> int:
-    """Bytes held by the arrays of a state tree (either framework's arrays have `nbytes`)."""
-    return int(sum(a.nbytes for a in array_leaves(state)))
+    """Bytes held by the arrays of a state tree (JAX and PyTorch arrays have `nbytes`, ONNX Runtime's
+    OrtValues `tensor_size_in_bytes()`)."""
+    return int(sum(a.nbytes if hasattr(a, "nbytes") else a.tensor_size_in_bytes() for a in array_leaves(state)))
+
+
+MAX_PHASES = 16  # distinct phases a step is compiled, captured or exported for before giving up
+
+
+def phase(state: Any) -> tuple[int, ...]:
+    """The ints of a state tree, in `named_arrays` order: each time-reduction buffer's `count`. They fix
+    the shapes inside a step, so a compiled or captured step is one program per phase (JAX's pytree
+    metadata, a CUDA graph, an exported ONNX graph)."""
+    if isinstance(tree := state, StackBuffer):
+        return (tree.count,)
+    if isinstance(tree, dict):
+        return tuple(c for value in tree.values() for c in phase(value))
+    if isinstance(tree, (tuple, list)):
+        return tuple(c for value in tree for c in phase(value))
+    return ()

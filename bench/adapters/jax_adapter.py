@@ -21,9 +21,7 @@ import jax.numpy as jnp
 from bench import counters, profile, roofline
 from bench.adapters import build_encoder, random_frames, second_pass_segment
 from bench.machine import device_name
-from variants.state import array_leaves, state_nbytes
-
-MAX_PHASES = 16  # distinct state structures (time-reduction buffer counts) we compile for
+from variants.state import MAX_PHASES, array_leaves, state_nbytes
 
 
 class JaxSession:

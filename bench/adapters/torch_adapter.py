@@ -3,6 +3,8 @@
 "eager" runs the encoder module's `step` under inference_mode as is. "compile" wraps it in
 torch.compile and times its first calls as `compile_s` (Dynamo traces and Inductor compiles on the
 first call; a second call may recompile once the state's guards change), so no timed step compiles.
+"cudagraphs" (CUDA only) captures the eager step as CUDA graphs over static buffers and replays them:
+a step is one graph launch, without Python or per-kernel launch overhead (`CudaGraphStep`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from bench import counters, profile, roofline
 from bench.adapters import build_encoder, random_frames, second_pass_segment
 from bench.machine import device_name
-from variants.state import array_leaves, map_arrays, state_nbytes
+from variants.state import MAX_PHASES, array_leaves, map_arrays, phase, state_nbytes
 
 COMPILE_CALLS = 2  # calls timed as compile_s in "compile" mode
 
@@ -45,6 +47,61 @@ class _StepForTrace(torch.nn.Module):
         it = iter(tensors)
         y, new_state = self.module.step(x, map_arrays(lambda _: next(it), self._template))
         return (y, *array_leaves(new_state))
+
+
+class CudaGraphStep:
+    """The step captured as CUDA graphs and replayed, as a GPU server runs a streaming encoder.
+
+    The input chunk and the state live in static buffers; a replay reads them and copies the next
+    state into the same buffers inside the graph, so nothing is allocated or launched from Python per
+    step. A time-reduction buffer's frame count (a Python int) changes the step's shapes, so each
+    phase is its own graph, all captured before timing. A state that is not the static one (a fresh
+    stream) is copied in first."""
+
+    def __init__(self, module: torch.nn.Module, x: torch.Tensor, state: Any):
+        self.module, self.x = module, x
+        self.static = map_arrays(torch.Tensor.clone, state)
+        self.graphs: dict[tuple, tuple[Any, torch.Tensor, Any]] = {}  # phase -> (graph, output y, next state)
+        for _ in range(MAX_PHASES):  # capture every phase the stream passes through
+            if phase(state) in self.graphs:
+                return
+            _, state = self(x, state)
+        raise RuntimeError(f"the step's buffer counts did not repeat within {MAX_PHASES} steps")
+
+    def _capture(self, state: Any) -> tuple[Any, torch.Tensor, Any]:
+        side = torch.cuda.Stream()  # warm-up runs on a side stream before capture (torch.cuda.graph's rule)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(2):
+                self.module.step(self.x, state)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph):
+            y, new_state = self.module.step(self.x, state)
+            for buffer, value in zip(array_leaves(state), array_leaves(new_state)):
+                if buffer is not value:
+                    buffer.copy_(value)
+        it = iter(array_leaves(state))
+        return graph, y, map_arrays(lambda _: next(it), new_state)  # the next counts, over the static buffers
+
+    def __call__(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        leaves = list(array_leaves(state))
+        static = list(array_leaves(self.static))
+        if leaves[0] is not static[0]:  # a fresh stream: its values into the static buffers
+            for buffer, value in zip(static, leaves):
+                buffer.copy_(value)
+            state = _with_arrays(state, static)
+        key = phase(state)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(state)
+        graph, y, next_state = self.graphs[key]
+        graph.replay()
+        return y, next_state
+
+
+def _with_arrays(tree: Any, arrays: list) -> Any:
+    it = iter(arrays)
+    return map_arrays(lambda _: next(it), tree)
 
 
 SCOPE = "module:"  # torch.profiler ranges that name a module path
@@ -113,6 +170,14 @@ class TorchSession:
         self._eager = _inference(enc.module.step)
         if mode == "eager":
             self._run = self._eager
+        elif mode == "cudagraphs":
+            if native_device.type != "cuda":
+                raise ValueError(f"torch mode 'cudagraphs' replays CUDA graphs: it needs a CUDA device, not "
+                                 f"{native_device.type} (--device gpu)")
+            t0 = time.perf_counter()
+            self._run = CudaGraphStep(enc.module, self.x, self.initial_state())
+            self.sync(None)
+            self.compile_s = time.perf_counter() - t0
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # inductor's imports use torch.jit

@@ -1,0 +1,296 @@
+"""The ONNX Runtime encoder behind `variants.build(..., "onnxruntime")`: the PyTorch model, exported to ONNX
+and run by ONNX Runtime, numpy in and out like the other two.
+
+Each computation is its own graph with fixed shapes: the full forward per input shape, the second pass
+per segment shape, and the streaming step per (batch, chunk) and per *phase*: a time-reduction buffer's
+`count` is a Python int that decides the step's shapes (as it is static metadata in JAX), so a step whose
+buffers hold a different number of frames is another graph. With a chunk that is a multiple of every
+reduction (the harness's 60 ms) there is one phase. The state is explicit: the step graph takes
+`x` and every state array (`state.<path>`, variants.state's paths) and returns `y` and the next state
+(`next.<path>`).
+
+Graphs are exported with `torch.onnx.export(..., dynamo=True)` and cached on disk by what decides their
+content (spec, weights, shapes, phase, torch/onnx/onnxscript versions, opset, quantisation), so a second
+run loads them without exporting. dtype "int8" is ONNX Runtime's dynamic quantisation of the MatMul
+weights (`onnxruntime.quantization.quantize_dynamic`): weights int8, activations and state float32.
+
+Sessions run through IO binding: the state stays an `OrtValue` on the session's device between steps,
+and only the chunk and the outputs cross to the host (on a GPU, the CUDA execution provider).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from variants.encoder import NumpyEncoder
+from variants.spec import EncoderSpec
+from variants.state import array_leaves, map_arrays, named_arrays, phase
+from variants.torch_encoder import TorchEncoder
+
+OPSET = 18
+CACHE_ENV = "BENCH_ONNX_CACHE"  # where exported graphs are kept; default ~/.cache/practical-conformer-bench/onnx
+QUANTIZED_OPS = ("MatMul",)  # what dtype "int8" quantises: every MatMul with a constant weight
+GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
+_ARRAY = object()  # an array's place in a state template (None would read as "no array")
+_VERSIONED = ("torch", "onnx", "onnxscript", "onnxruntime")  # an export or quantisation changes with these
+
+
+@dataclass(frozen=True)
+class OrtDevice:
+    """Where a session runs: "cpu" (CPUExecutionProvider) or "cuda" (CUDAExecutionProvider, device `index`)."""
+
+    kind: str = "cpu"
+    index: int = 0
+
+    @property
+    def providers(self) -> list:
+        if self.kind == "cuda":
+            return [("CUDAExecutionProvider", {"device_id": self.index}), "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "practical-conformer-bench" / "onnx")
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class _Flat(torch.nn.Module):
+    """A method of the encoder module over flat tensors, as the exporter takes them: (x, *state arrays)
+    -> (y, *next-state arrays). The state's ints (buffer counts) are fixed in the template: one phase."""
+
+    def __init__(self, module: torch.nn.Module, method: str, template: Any = None):
+        super().__init__()
+        self.module, self.method, self.template = module, method, template
+
+    def forward(self, x, *arrays):
+        if self.template is None:
+            return getattr(self.module, self.method)(x)
+        it = iter(arrays)
+        y, state = self.module.step(x, map_arrays(lambda _: next(it), self.template))
+        return (y, *array_leaves(state))
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    """The exporter logs a warning per torchvision op it cannot register and warns about deprecations; a
+    run's log should show the run."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch._export", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@dataclass
+class Graph:
+    """One exported computation and the session that runs it."""
+
+    session: Any  # onnxruntime.InferenceSession
+    path: Path  # the .onnx file the session loaded (the quantised one for int8)
+    template: Any = None  # the next state's tree (arrays as placeholders, counts set), for the step
+    exported: bool = False  # False: loaded from the cache
+
+
+class OnnxEncoder(NumpyEncoder):
+    framework = "onnxruntime"
+
+    def __init__(self, spec: EncoderSpec, seed: int = 0, dtype: str = "float32", device: Any = None,
+                 threads: int | None = None):
+        self.spec, self.dtype = spec, dtype
+        self.device = device if device is not None else OrtDevice()
+        self.threads = threads or usable_cores()
+        # The weights live in a float32 PyTorch model on the CPU: what is exported, and what
+        # `weights`/`load_weights` read and write.
+        self.torch = TorchEncoder(spec, seed=seed, dtype="float32")
+        self._graphs: dict[tuple, Graph] = {}
+        self._digest: str | None = None
+
+    # ---- session settings, recorded by the harness ----------------------------------------------
+    def session_options(self) -> Any:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION)
+        return options
+
+    def describe(self) -> str:
+        provider = self.device.providers[0]
+        provider = provider[0] if isinstance(provider, tuple) else provider
+        quantised = f", int8 dynamic quantisation of {'/'.join(QUANTIZED_OPS)} weights" if self.dtype == "int8" else ""
+        return (f"onnxruntime {ort.__version__} {provider}, intra_op_num_threads={self.threads}, "
+                f"graph_optimization_level={GRAPH_OPTIMIZATION}, IO binding{quantised}; opset {OPSET}")
+
+    # ---- NumpyEncoder -------------------------------------------------------------------------
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.torch.weight_shapes()
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return self.torch.weights()
+
+    def _assign_weights(self, weights: dict[str, np.ndarray]) -> None:
+        self.torch._assign_weights(weights)
+        self._graphs.clear()  # the weights are constants of every graph: export again (or load the cached one)
+        self._digest = None
+
+    def to_native(self, x: np.ndarray) -> Any:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x, np.float32), self.device.kind,
+                                                self.device.index)
+
+    def to_numpy(self, y: Any) -> np.ndarray:
+        return np.asarray(y.numpy(), np.float32)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        graph = self._graph(("forward", tuple(x.shape)), _Flat(self.torch.module, "forward"),
+                            (torch.from_numpy(np.ascontiguousarray(x, np.float32)),))
+        return self.to_numpy(self._run(graph, [self.to_native(x)])[0])
+
+    def second_pass_native(self, y: Any) -> Any:
+        if self.spec.second_pass is None:
+            raise ValueError("this variant has no second pass (spec.second_pass is None)")
+        shape = tuple(y.shape())
+        example = (torch.zeros(shape),)
+        graph = self._graph(("second_pass", shape), _Flat(self.torch.module, "second_pass"), example)
+        return self._run(graph, [y])[0]
+
+    def init_state(self, batch: int) -> Any:
+        with torch.inference_mode():
+            state = self.torch.module.init_state(batch)
+        return map_arrays(lambda t: ort.OrtValue.ortvalue_from_numpy(t.numpy(), self.device.kind, self.device.index),
+                          state)  # float32 arrays and the attention's bool mask, as they are
+
+    def step(self, x_chunk: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        y, state = self.step_native(self.to_native(x_chunk), state)
+        return self.to_numpy(y), state
+
+    def step_native(self, x: Any, state: Any) -> tuple[Any, Any]:
+        """One chunk on OrtValues already on the device: what a timed step runs."""
+        graph = self.step_graph(tuple(x.shape()), state)
+        outputs = self._run(graph, [x, *array_leaves(state)])
+        it = iter(outputs[1:])
+        return outputs[0], map_arrays(lambda _: next(it), graph.template)
+
+    # ---- graphs -----------------------------------------------------------------------------
+    def step_graph(self, x_shape: tuple, state: Any) -> Graph:
+        """The step's graph for this chunk shape and the state's phase (exported on first use)."""
+        key = ("step", x_shape, phase(state))
+        if key in self._graphs:
+            return self._graphs[key]
+        torch_state = map_arrays(lambda v: torch.from_numpy(v.numpy()), state)
+        x = torch.zeros(x_shape)
+        with torch.inference_mode():
+            _, next_state = self.torch.module.step(x, torch_state)
+        template = map_arrays(lambda _: _ARRAY, next_state)
+        return self._graph(key, _Flat(self.torch.module, "step", torch_state), (x, *array_leaves(torch_state)),
+                           template)
+
+    def _graph(self, key: tuple, module: _Flat, example: tuple, template: Any = None) -> Graph:
+        if key in self._graphs:
+            return self._graphs[key]
+        float_path = cache_dir() / f"{self._file_key(key, 'float32')}.onnx"
+        exported = not float_path.exists()
+        if exported:
+            self._export(module, example, float_path)
+        path = float_path
+        if self.dtype == "int8":
+            path = cache_dir() / f"{self._file_key(key, 'int8')}.onnx"
+            if not path.exists():
+                _quantize(float_path, path)
+        session = ort.InferenceSession(str(path), self.session_options(), providers=self.device.providers)
+        self._graphs[key] = graph = Graph(session, path, template, exported)
+        return graph
+
+    def _export(self, module: _Flat, example: tuple, path: Path) -> None:
+        names = ["x"]
+        outputs = ["y"]
+        if module.template is not None:
+            paths = [p for p, _ in named_arrays(module.template)]
+            names += [f"state.{p}" for p in paths]
+            outputs += [f"next.{p}" for p in paths]
+        with _quiet_export(), torch.inference_mode():
+            program = torch.onnx.export(module.eval(), example, dynamo=True, opset_version=OPSET, input_names=names,
+                                        output_names=outputs, verbose=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # whole files only: a crash leaves none
+            partial = Path(tmp) / path.name
+            program.save(str(partial))
+            os.replace(partial, path)
+
+    def _run(self, graph: Graph, inputs: list) -> list:
+        session = graph.session
+        binding = session.io_binding()
+        for meta, value in zip(session.get_inputs(), inputs):
+            binding.bind_ortvalue_input(meta.name, value)
+        for meta in session.get_outputs():
+            binding.bind_output(meta.name, self.device.kind, self.device.index)
+        session.run_with_iobinding(binding)
+        return binding.get_outputs()
+
+    def _file_key(self, key: tuple, dtype: str) -> str:
+        if self._digest is None:
+            h = hashlib.blake2b(digest_size=16)
+            for name, array in sorted(self.torch.weights().items()):
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(array).tobytes())
+            self._digest = h.hexdigest()
+        versions = [importlib.metadata.version(lib) for lib in _VERSIONED]
+        text = repr((key, repr(self.spec), self._digest, versions, OPSET, dtype, QUANTIZED_OPS))
+        return f"{key[0]}-{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
+
+    def quantization_summary(self, graph: Graph) -> str:
+        """What int8 quantisation changed in `graph`: how many MatMuls run on int8 weights, and the bytes."""
+        import onnx
+
+        ops = [node.op_type for node in onnx.load(str(graph.path)).graph.node]
+        int8 = sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops)
+        return (f"{int8} of {int8 + ops.count('MatMul')} MatMuls on int8 weights (onnxruntime quantize_dynamic, "
+                f"QInt8 per tensor, activations quantised per step); other weights float32; "
+                f"{self.weight_nbytes(graph):,} bytes of weights")
+
+    def weight_nbytes(self, graph: Graph) -> int:
+        """Bytes of the constants `graph` reads (its weights; int8 ones where quantised)."""
+        import onnx
+        import onnx.numpy_helper
+
+        model = onnx.load(str(graph.path))
+        return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+
+
+def _quantize(float_path: Path, path: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # it advises pre-processing, once per call, on the root logger
+    try:
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            partial = Path(tmp) / path.name
+            quantize_dynamic(str(float_path), str(partial), op_types_to_quantize=list(QUANTIZED_OPS),
+                             weight_type=QuantType.QInt8)
+            os.replace(partial, path)
+    finally:
+        root.setLevel(level)
