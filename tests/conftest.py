@@ -24,3 +24,21 @@ def _pin_precision():
 
 
 _pin_precision()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_export_cache(tmp_path_factory):
+    """ONNX Runtime graphs are exported into a cache of this session's own (the workers a test starts
+    inherit it), not the user's ~/.cache."""
+    from variants.onnx_encoder import CACHE_ENV
+
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("onnx-cache"))
+    yield os.environ[CACHE_ENV]
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before

@@ -90,6 +90,23 @@ class _Flat(torch.nn.Module):
 
 
 @contextlib.contextmanager
+def _cudnn_flags_torch_export_can_read():
+    """torch.export reads the legacy `cudnn.allow_tf32`, which raises in torch 2.13 once cuDNN's conv
+    precision is "ieee" (as bench's `precision = highest` sets it in a process that also runs PyTorch).
+    An export computes nothing, so the default is restored around it."""
+    cudnn = getattr(torch.backends.cudnn, "conv", None)
+    if cudnn is None or not hasattr(cudnn, "fp32_precision"):
+        yield
+        return
+    saved = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision)
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision = saved
+
+
+@contextlib.contextmanager
 def _quiet_export():
     """The exporter logs a warning per torchvision op it cannot register and warns about deprecations; a
     run's log should show the run."""
@@ -231,7 +248,7 @@ class OnnxEncoder(NumpyEncoder):
             paths = [p for p, _ in named_arrays(module.template)]
             names += [f"state.{p}" for p in paths]
             outputs += [f"next.{p}" for p in paths]
-        with _quiet_export(), torch.inference_mode():
+        with _quiet_export(), _cudnn_flags_torch_export_can_read(), torch.inference_mode():
             program = torch.onnx.export(module.eval(), example, dynamo=True, opset_version=OPSET, input_names=names,
                                         output_names=outputs, verbose=False)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,159 @@
+"""ONNX Runtime, the third framework: every variant exported from the PyTorch model agrees with it
+(full forward and streaming, on several chunk schedules), its export is cached, int8 stays near float32,
+and its FLOPs counted from the graph equal the analytic count.
+
+Each graph is an export of a few seconds, so the schedules here are the ones that exercise distinct
+shapes cheaply: one chunk, chunks longer than the left context, and (for two variants) 2-frame chunks
+whose time-reduction phases include steps where a block receives no frame."""
+
+import numpy as np
+import pytest
+
+import variants
+from bench import counters
+from bench.machine import DeviceUnavailableError, resolve_device
+from tiny import tiny_variants
+from variants import analytic
+from variants.onnx_encoder import phase
+
+TINY = tiny_variants()
+TOL = 1e-4
+SCHEDULES = {"single": [40], "larger_than_context": [17, 23]}
+PHASED = ("baseline", "practical_cascade")  # variants also streamed in 2-frame chunks (many phases)
+INT8_RMS_BOUND = 0.08  # int8 vs float32 outputs, RMS error over RMS output (tiny models: 0.03-0.04 measured)
+
+
+@pytest.fixture(scope="module")
+def built():
+    """The PyTorch and ONNX Runtime encoders of every tiny variant, sharing weights (different seeds:
+    the parity must come from load_weights)."""
+    out = {}
+    for name, spec in TINY.items():
+        torch_enc = variants.build(spec, "torch", seed=1)
+        ort_enc = variants.build(spec, "onnxruntime", seed=2)
+        ort_enc.load_weights(torch_enc.weights())
+        out[name] = (torch_enc, ort_enc)
+    return out
+
+
+def _frames(spec, batch=2, frames=40):
+    return np.random.default_rng(3).standard_normal((batch, frames, spec.input_dim), np.float32)
+
+
+def _stream(enc, x, schedule):
+    state, outputs, pos = enc.init_state(x.shape[0]), [], 0
+    for size in schedule:
+        y, state = enc.step(x[:, pos: pos + size], state)
+        outputs.append(y)
+        pos += size
+    return np.concatenate(outputs, axis=1)
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_onnxruntime_equals_torch_forward_and_streaming(built, name):
+    torch_enc, ort_enc = built[name]
+    x = _frames(TINY[name])
+    expected = torch_enc.forward(x)
+    np.testing.assert_allclose(ort_enc.forward(x), expected, atol=TOL, rtol=0)
+    for schedule in SCHEDULES.values():
+        streamed = _stream(ort_enc, x, schedule)
+        np.testing.assert_allclose(streamed, expected[:, : streamed.shape[1]], atol=TOL, rtol=0)
+    assert ort_enc.num_params() == analytic.param_count(TINY[name])
+    assert ort_enc.state_bytes(2) == analytic.state_bytes(TINY[name], 2, 4)
+
+
+@pytest.mark.parametrize("name", PHASED)
+def test_onnxruntime_streams_through_every_time_reduction_phase(built, name):
+    torch_enc, ort_enc = built[name]
+    x = _frames(TINY[name])
+    streamed = _stream(ort_enc, x, [2] * 20)
+    expected = torch_enc.forward(x)
+    np.testing.assert_allclose(streamed, expected[:, : streamed.shape[1]], atol=TOL, rtol=0)
+    phases = {key[2] for key in ort_enc._graphs if key[0] == "step" and key[1][1] == 2}
+    assert len(phases) >= 3  # the 3x input stacking alone cycles through 3 buffer counts
+
+
+def test_second_pass_equals_torch(built):
+    torch_enc, ort_enc = built["practical_cascade"]
+    y = np.random.default_rng(4).standard_normal((2, 8, TINY["practical_cascade"].model_dim), np.float32)
+    np.testing.assert_allclose(ort_enc.second_pass_forward(y), torch_enc.second_pass_forward(y), atol=TOL, rtol=0)
+
+
+def test_export_is_cached_by_weights(built):
+    spec = TINY["practical"]
+    torch_enc, ort_enc = built["practical"]
+    x = _frames(spec)[:, :6]
+    ort_enc.step(x, ort_enc.init_state(2))  # exported now (or by an earlier test)
+
+    again = variants.build(spec, "onnxruntime", seed=2)
+    again.load_weights(torch_enc.weights())
+    again.step(x, again.init_state(2))
+    assert [g.exported for g in again._graphs.values()] == [False]  # the same graph, loaded from disk
+
+    other = variants.build(spec, "onnxruntime", seed=5)  # other weights: another graph
+    other.step(x, other.init_state(2))
+    assert [g.exported for g in other._graphs.values()] == [True]
+
+
+def test_int8_quantises_the_matmul_weights_and_stays_near_float32(built):
+    spec = TINY["practical"]
+    torch_enc, float_enc = built["practical"]
+    int8_enc = variants.build(spec, "onnxruntime", dtype="int8")
+    int8_enc.load_weights(torch_enc.weights())
+    x = _frames(spec, batch=1, frames=36)
+    reference, quantised = _stream(float_enc, x, [6] * 6), _stream(int8_enc, x, [6] * 6)
+    error = np.sqrt(np.mean((quantised - reference) ** 2) / np.mean(reference ** 2))
+    assert 0 < error < INT8_RMS_BOUND  # not bit-identical (something was quantised), and close
+
+    state = int8_enc.init_state(1)
+    graph = int8_enc.step_graph((1, 6, spec.input_dim), state)
+    float_graph = float_enc.step_graph((1, 6, spec.input_dim), float_enc.init_state(1))
+    assert int8_enc.weight_nbytes(graph) < 0.5 * float_enc.weight_nbytes(float_graph)
+    assert int8_enc.quantization_summary(graph).startswith("24 of 24 MatMuls on int8 weights")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_onnx_graph_flops_equal_the_analytic_count(built, dtype):
+    spec = TINY["baseline"]
+    torch_enc, _ = built["baseline"]
+    enc = variants.build(spec, "onnxruntime", dtype=dtype)
+    enc.load_weights(torch_enc.weights())
+    state = enc.init_state(2)
+    count = counters.onnx_count(enc.step_graph((2, 6, spec.input_dim), state).path)
+    assert count.flops == 2 * sum(analytic.macs_per_step(spec, 2, 6).values())
+    assert count.reason is None and count.by_op
+
+
+def test_onnx_count_says_why_it_cannot_count(tmp_path):
+    bad = tmp_path / "not-a-model.onnx"
+    bad.write_bytes(b"not protobuf")
+    count = counters.onnx_count(bad)
+    assert count.flops is None and count.reason.startswith("onnx could not count")
+
+
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+def test_int8_is_onnxruntime_only(framework):
+    with pytest.raises(ValueError, match="runs in onnxruntime only"):
+        variants.build(TINY["practical"], framework, dtype="int8")
+    with pytest.raises(ValueError, match="onnxruntime runs float32"):
+        variants.build(TINY["practical"], "onnxruntime", dtype="bfloat16")
+
+
+def test_phase_is_the_buffer_counts(built):
+    _, ort_enc = built["practical_cascade"]
+    state = ort_enc.init_state(1)
+    assert phase(state) == (0, 0)  # the input stacking and the one block that reduces
+    _, state = ort_enc.step(_frames(TINY["practical_cascade"], batch=1)[:, :4], state)
+    assert phase(state) == (1, 1)  # 4 frames: one stacked group of 3 and 1 left; 1 of 2 at the next rate
+
+
+def test_no_gpu_here_is_a_one_line_error():
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            pytest.skip("this onnxruntime has the CUDA execution provider")
+    except ImportError:
+        pass
+    with pytest.raises(DeviceUnavailableError, match="not available to onnxruntime"):
+        resolve_device("onnxruntime", "gpu")
