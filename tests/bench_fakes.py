@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bench import runner
+from bench.schema import FRAMEWORKS
 from bench.worker import WorkerDied
 
 # p50 step time (ms) at batch 1; each ladder step is faster than the one before.
@@ -164,6 +165,6 @@ def install(monkeypatch, lab: FakeWorkers, devices: dict[str, list[str]] | None 
     from bench import machine
 
     monkeypatch.setattr(runner, "WorkerPool", lambda plan, start=None: lab.pool(plan))
-    present = devices if devices is not None else {"jax": ["cpu"], "torch": ["cpu"]}
-    monkeypatch.setattr(machine, "probe_devices", lambda frameworks=("jax", "torch"): {
+    present = devices if devices is not None else {fw: ["cpu"] for fw in FRAMEWORKS}
+    monkeypatch.setattr(machine, "probe_devices", lambda frameworks=FRAMEWORKS: {
         fw: {kind: f"fake {kind}" for kind in present.get(fw, [])} for fw in frameworks})

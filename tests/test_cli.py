@@ -167,16 +167,16 @@ def test_a_device_that_is_not_here_exits_2_naming_what_is():
 
 def test_a_default_framework_without_the_device_is_skipped_with_one_line_and_the_run_exits_0(monkeypatch, tmp_path):
     fake = FakeWorkers()
-    install(monkeypatch, fake, devices={"jax": ["cpu", "gpu"], "torch": ["cpu"]})
+    install(monkeypatch, fake, devices={"jax": ["cpu", "gpu"], "torch": ["cpu"], "onnxruntime": ["cpu", "gpu"]})
     result = invoke("run", "--device", "gpu", "--variant", "baseline,practical", "--batch", "1", "--quick",
                     "--no-progress", "--out", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output
     skips = [line for line in result.stderr.splitlines() if "skipping" in line]
     assert len(skips) == 1 and skips[0].startswith("bench: skipping torch on gpu") and "CUDA build of torch" in skips[0]
     _, records = load(tmp_path / "run")
-    assert {r["framework"] for r in records} == {"jax"} and {r["device"] for r in records} == {"gpu"}
+    assert {r["framework"] for r in records} == {"jax", "onnxruntime"} and {r["device"] for r in records} == {"gpu"}
     assert {r["device_name"] for r in records} == {"fake gpu"}  # the run's one name for the device
-    assert {c["framework"] for c in fake.calls} == {"jax"}
+    assert {c["framework"] for c in fake.calls} == {"jax", "onnxruntime"}
 
 
 def test_naming_a_framework_without_the_device_exits_2(monkeypatch, tmp_path):
@@ -250,12 +250,13 @@ def test_default_run_measures_the_ladder_into_a_timestamped_folder(monkeypatch, 
     (out,) = (tmp_path / "reports" / "runs").iterdir()
     assert out.name.endswith("Z-cpu")
     meta, records = load(out)
-    assert len(records) == len(LADDER) * 2 * 2  # variants x frameworks x batches (1, 64)
+    assert len(records) == len(LADDER) * 3 * 2  # variants x frameworks x batches (1, 64)
     groups = [records[i:i + len(LADDER)] for i in range(0, len(records), len(LADDER))]
     for group in groups:  # one group per (framework, batch), its variants in ladder order
         assert [r["variant"] for r in group] == LADDER
         assert len({(r["framework"], r["mode"], r["batch"]) for r in group}) == 1
-    assert {(c["framework"], c["mode"]) for c in fake.calls} == {("jax", "jit"), ("torch", "eager")}
+    assert {(c["framework"], c["mode"]) for c in fake.calls} == {("jax", "jit"), ("torch", "eager"),
+                                                                  ("onnxruntime", "session")}
     assert all(MeasureSettings(**c["settings"]) == load_config().measure and c["chunk_frames"] == 6
                for c in fake.calls)
     assert meta["status"] == "complete" and meta["finished_utc"]
@@ -296,9 +297,9 @@ def test_failed_variants_are_recorded_and_the_run_goes_on_then_exits_1(monkeypat
     result = invoke("run", "--variant", "baseline,conv_lower,practical,practical_cascade", "--batch", "1",
                     "--out", str(out))
     line = assert_run_summary(result, code=1)
-    assert "4 of 8 measurements failed" in line and "conv_lower" in line
+    assert "6 of 12 measurements failed" in line and "conv_lower" in line  # 2 of 4 variants x 3 frameworks
     _, records = load(out)
-    assert len(records) == 8
+    assert len(records) == 12
     by_variant = {}
     for r in records:
         by_variant.setdefault(r["variant"], set()).add(r["status"])
@@ -348,7 +349,7 @@ def test_flags_override_the_config(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     assert {(c["framework"], c["mode"], c["batch"]) for c in fake.calls} == {
         ("jax", "jit", 1), ("jax", "jit", 3), ("torch", "eager", 1), ("torch", "eager", 3),
-        ("torch", "compile", 1), ("torch", "compile", 3)}
+        ("torch", "compile", 1), ("torch", "compile", 3), ("onnxruntime", "session", 1), ("onnxruntime", "session", 3)}
     settings = MeasureSettings(**fake.calls[0]["settings"])
     assert settings.rounds == 7  # [measure.quick] reached the workers
     assert len(results.load_raw_rounds(tmp_path / "b")["baseline|jax|jit|cpu|1"]) == 7

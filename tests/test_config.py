@@ -32,7 +32,7 @@ def test_the_committed_bench_toml_is_valid_and_runs_the_ladder():
     config = load_config(REPO / "bench.toml")
     assert config.run.variants.split(",") == variants.names()[:5]  # the ablation ladder, in registry order
     assert config.run.batches == (1, 64) and config.run.chunk_frames == 6 and config.run.device == "cpu"
-    assert config.run.frameworks == ("jax", "torch")
+    assert config.run.frameworks == ("jax", "torch", "onnxruntime")
     assert config.quick.rounds * config.quick.steps_per_round <= config.measure.rounds * config.measure.steps_per_round
     assert config.quick.min_time_s <= config.measure.min_time_s and config.measure.timeout_s > 0
 
@@ -187,7 +187,7 @@ def test_without_flags_the_run_is_the_config_with_a_fresh_folder():
 @pytest.mark.parametrize("flags, says", [
     (dict(batch="0"), "batch sizes must be >= 1"),
     (dict(batch="1,x"), "'x' is not an integer"),
-    (dict(framework="tf"), "'tf' is not one of jax, torch, all"),
+    (dict(framework="tf"), "'tf' is not one of jax, torch, onnxruntime, all"),
     (dict(chunk=4), "needs a multiple of 3"),
     (dict(torch_mode="jit"), "choose from eager, compile"),
     (dict(dtype="fp8"), "choose from float32, bfloat16"),
