@@ -452,3 +452,48 @@ def test_sweep_on_ray_without_ray_says_how_to_install_it(monkeypatch, tmp_path):
     assert "pip install -e '.[ray]'" in line
     assert "--address needs --ray" in assert_one_line_error(invoke("sweep", "--address", "auto"))
     assert not fake.calls
+
+
+# ---- settings only some frameworks run ------------------------------------------------------------
+
+
+def test_int8_named_with_a_framework_that_cannot_run_it_exits_2(monkeypatch, tmp_path):
+    fake = FakeWorkers()
+    install(monkeypatch, fake)
+    line = assert_one_line_error(invoke("run", "--dtype", "int8", "--framework", "jax,onnxruntime",
+                                        "--out", str(tmp_path / "r")))
+    assert "int8" in line and "onnxruntime only, not jax" in line
+    assert not fake.calls
+
+
+def test_int8_from_the_default_frameworks_runs_onnxruntime_and_says_what_it_skipped(monkeypatch, tmp_path):
+    fake = FakeWorkers()
+    install(monkeypatch, fake)
+    result = invoke("run", "--dtype", "int8", "--variant", "baseline,practical", "--batch", "1", "--quick",
+                    "--no-progress", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    skips = [line for line in result.stderr.splitlines() if "skipping" in line]
+    assert skips == ["bench: skipping jax: --dtype int8 runs in onnxruntime only",
+                     "bench: skipping torch: --dtype int8 runs in onnxruntime only"]
+    assert {(c["framework"], c["dtype"]) for c in fake.calls} == {("onnxruntime", "int8")}
+
+
+def test_cudagraphs_named_off_the_gpu_exits_2(monkeypatch, tmp_path):
+    fake = FakeWorkers()
+    install(monkeypatch, fake)
+    line = assert_one_line_error(invoke("run", "--torch-mode", "cudagraphs", "--out", str(tmp_path / "r")))
+    assert "cudagraphs" in line and "--device gpu" in line
+    assert not fake.calls
+
+
+def test_cudagraphs_from_the_config_is_skipped_off_the_gpu_with_one_line(monkeypatch, tmp_path):
+    fake = FakeWorkers()
+    install(monkeypatch, fake)
+    config = tmp_path / "bench.toml"
+    config.write_text('[run]\nvariants = "baseline"\nframeworks = ["torch"]\ntorch_modes = ["eager", "cudagraphs"]\n'
+                      'batches = [1]\n')
+    result = invoke("run", "--config", str(config), "--quick", "--no-progress", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    skips = [line for line in result.stderr.splitlines() if "skipping" in line]
+    assert skips == ["bench: skipping torch/cudagraphs on cpu: it replays CUDA graphs, which need --device gpu"]
+    assert {(c["framework"], c["mode"]) for c in fake.calls} == {("torch", "eager")}

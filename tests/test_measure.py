@@ -11,14 +11,15 @@ from bench.config import MeasureSettings, load_config
 from bench.machine import DeviceUnavailableError, available_devices
 from bench import measure as measure_mod
 from bench.measure import _variant_name, finish, measure, prepare
-from bench.schema import EXTRA_KEYS, RAW_STEP_KEY, RECORD_KEYS
+from bench.schema import DEFAULT_MODE, EXTRA_KEYS, RAW_STEP_KEY, RECORD_KEYS
 from tiny import tiny
 
 SETTINGS = MeasureSettings(profile=False, profile_steps=2, warmup_iterations=1, warmup_rounds=0, rounds=3, steps_per_round=2, round_warmup=1, min_time_s=0.0,
                            max_time_s=1.0, timeout_s=60.0, prepare_workers=1, counters=True, second_pass=True,
                            roofline=True)
 QUICK = load_config().quick
-CASES = [("jax", "practical_cascade"), ("torch", "baseline")]  # performer + 2 rates + cascade; local attention
+CASES = [("jax", "practical_cascade"), ("torch", "baseline"), ("onnxruntime", "practical_cascade")]  # performer +
+# 2 rates + cascade; local attention
 
 
 def _tiny(name):
@@ -38,7 +39,7 @@ def test_tiny_spec_gives_a_complete_ok_record(framework, name, monkeypatch):
     assert r["status"] == "ok", r["error"]
     assert r["error"] is None
     assert r["variant"] == "custom" and r["framework"] == framework and r["batch"] == 2 and r["chunk_frames"] == 6
-    assert r["mode"] == ("jit" if framework == "jax" else "eager")
+    assert r["mode"] == DEFAULT_MODE[framework]
 
     # parameters and state: the model's arrays equal the spec's formulas
     assert r["params"] == r["params_analytic"] > 0
@@ -52,6 +53,9 @@ def test_tiny_spec_gives_a_complete_ok_record(framework, name, monkeypatch):
     if framework == "jax":
         assert r["flops_per_step_xla"] >= r["flops_per_step"]
         assert r["flops_per_step_torch"] is None and r["flops_per_step_fvcore"] is None
+    elif framework == "onnxruntime":
+        assert r["flops_per_step_onnx"] == r["flops_per_step"]  # the graph's MatMul/Conv/Einsum shapes
+        assert "intra_op_num_threads" in r["runtime_options"] and r["quantized"] is None
     else:
         assert r["flops_per_step_torch"] == pytest.approx(r["flops_per_step"], rel=0.05)
         assert r["flops_per_step_fvcore"] == pytest.approx(r["flops_per_step"], rel=0.05)
@@ -70,8 +74,8 @@ def test_tiny_spec_gives_a_complete_ok_record(framework, name, monkeypatch):
         r["roofline_bound_ms"] / r["latency_ms_p50"])
     assert all(r[f"roofline_ms_{k}"] > 0 for k in ("tpu_v4", "tpu_v5e", "a100", "h100", "phone_soc"))
     assert r["threads"] >= 1 and r["version_jax"] and r["device_name"]
-    if framework == "jax":
-        assert r["compile_s"] > 0
+    if framework != "torch":
+        assert r["compile_s"] > 0  # XLA compile; ONNX export or cache load and the sessions
     if spec.second_pass is not None:
         assert r["second_pass_macs_per_segment"] > 0 and r["second_pass_latency_ms_p50"] > 0
     assert r["measure_wall_s"] > 0
@@ -208,3 +212,25 @@ def test_a_nan_while_timing_a_burst_raises_so_the_worker_answers_an_error():
     with pytest.raises(FloatingPointError):
         prepared.time_burst(2)
     assert measure_mod.one_line_error(FloatingPointError("NaN\nmore")) == "FloatingPointError: NaN"
+
+
+def test_cudagraphs_mode_needs_a_cuda_device():
+    import torch
+
+    from bench.adapters import torch_adapter
+
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        torch_adapter.prepare(tiny(variants.get("practical").spec), batch=1, chunk_frames=6, dtype="float32",
+                              native_device=torch.device("cpu"), mode="cudagraphs", seed=0, precision="highest")
+
+
+def test_int8_record_says_what_was_quantised_and_counts_its_bytes():
+    spec = _tiny("practical")
+    fp32 = measure(spec, "onnxruntime", "cpu", 1, 6, settings=SETTINGS)
+    int8 = measure(spec, "onnxruntime", "cpu", 1, 6, dtype="int8", settings=SETTINGS)
+    assert fp32["status"] == int8["status"] == "ok", int8["error"]
+    assert int8["dtype"] == "int8" and "MatMuls on int8 weights" in int8["quantized"]
+    assert int8["weight_bytes_first_pass"] < 0.5 * fp32["weight_bytes_first_pass"]
+    assert int8["state_bytes"] == fp32["state_bytes"]  # the state stays float32
+    assert int8["bytes_per_step"] == int8["weight_bytes_first_pass"] + 2 * int8["state_bytes"]
+    assert int8["flops_per_step_onnx"] == int8["flops_per_step"]  # MatMulInteger counted as MatMul
