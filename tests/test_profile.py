@@ -62,7 +62,7 @@ def _profiled(spec, framework):
     return columns, raw["ops"]
 
 
-@pytest.mark.parametrize("framework", ["jax", "torch"])
+@pytest.mark.parametrize("framework", ["jax", "torch", "onnxruntime"])
 @pytest.mark.parametrize("name, has_state", [("practical", True), ("conv_lower", True)])
 def test_a_profiled_step_puts_every_op_in_a_class(name, has_state, framework, monkeypatch):
     monkeypatch.delenv("BENCH_WORKER", raising=False)
@@ -74,7 +74,7 @@ def test_a_profiled_step_puts_every_op_in_a_class(name, has_state, framework, mo
     assert step == pytest.approx(columns["profile_plain_step_ms"])
 
 
-@pytest.mark.parametrize("framework", ["jax", "torch"])
+@pytest.mark.parametrize("framework", ["jax", "torch", "onnxruntime"])
 def test_a_conv_only_encoder_spends_nothing_on_attention_state(framework, monkeypatch):
     monkeypatch.delenv("BENCH_WORKER", raising=False)
     spec = tiny(variants.get("conv_lower").spec)

@@ -8,7 +8,11 @@ steps; the input chunk is uploaded once. FLOPs are counted from the exported gra
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import functools
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -103,10 +107,7 @@ class OrtSession:
         import onnx
 
         graph = self.graphs[phase(state)]
-        paths = {}
-        for node in onnx.load(str(graph.path), load_external_data=False).graph.node:
-            meta = {p.key: p.value for p in node.metadata_props}
-            paths[node.name] = _module_path(meta.get("pkg.torch.onnx.name_scopes", ""))
+        paths = _graph_paths(onnx.load(str(graph.path), load_external_data=False).graph)
         with tempfile.TemporaryDirectory() as folder:
             options = self.encoder.session_options()
             options.enable_profiling = True
@@ -126,20 +127,87 @@ class OrtSession:
                 continue
             node = event["name"][: -len("_kernel_time")]
             start = event["ts"] / 1e6
-            ops.append(profile.Op(event.get("args", {}).get("op_name", node), paths.get(node, ""), start,
-                                  start + event["dur"] / 1e6))
+            op = event.get("args", {}).get("op_name", node)
+            path = _fused_path(node, paths) or ("norm" if op in _NORM_OPS else "")
+            ops.append(profile.Op(op, path, start, start + event["dur"] / 1e6))
+        # Nodes ONNX Runtime adds itself (the reshapes around a MatMul it turns into a Gemm) carry no
+        # exported name: each belongs to the op it feeds, the next one run
+        following = ""
+        for i in reversed(range(len(ops))):
+            if ops[i].path:
+                following = ops[i].path
+            else:
+                ops[i] = dataclasses.replace(ops[i], path=following)
         return ops, wall_s, state
 
 
-def _module_path(name_scopes: str) -> str:
-    """The exporter's name scopes (a JSON list of module paths, outermost first, under our wrapper's
-    `module`) as the innermost module's path in the encoder ("blocks.3.mhsa")."""
+_NORM_OPS = ("LayerNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization")  # ORT's fused norms
+
+
+def _graph_paths(graph) -> dict[str, str]:
+    """Node name -> module path for every node of an exported graph; a node the exporter left without
+    one (a reshape it inserted) takes the path of the node that produced its first input."""
+    producer = {out: node for node in graph.node for out in node.output}
+    own = {node.name: _node_path({p.key: p.value for p in node.metadata_props}) for node in graph.node}
+
+    def path(node, depth=0):
+        if own[node.name] or depth > 8 or not node.input or node.input[0] not in producer:
+            return own[node.name]
+        return path(producer[node.input[0]], depth + 1)
+
+    return {node.name: path(node) for node in graph.node}
+
+
+def _fused_path(node: str, paths: dict[str, str]) -> str:
+    """The path of an executed node: its own, or, for a node ONNX Runtime made by fusing several (named
+    after the first, with a suffix), that of the longest exported node name it starts with."""
+    if node in paths:
+        return paths[node]
+    best = max((name for name in paths if node.startswith(name)), key=len, default=None)
+    return paths[best] if best is not None else ""
+
+
+def _node_path(meta: dict[str, str]) -> str:
+    """A node's module path from the exporter's metadata: the innermost module called as a module
+    (its name scopes, under our wrapper's `module.`), else, for ops a layer's `step` method runs
+    itself, the layer its source line lies in (the stack trace), as a path bench.profile can class."""
     try:
-        scopes = json.loads(name_scopes) if name_scopes else []
-    except ValueError:
-        return ""
-    path = next((s for s in reversed(scopes) if isinstance(s, str) and s), "")
-    return path.removeprefix("module.").removeprefix("module")
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes") or "[]")  # a Python list's repr
+    except (ValueError, SyntaxError):
+        scopes = []
+    modules = [s for s in scopes if isinstance(s, str) and s.startswith("module.")]
+    if modules:
+        return modules[-1].removeprefix("module.")
+    for file, line, function in reversed(_FRAME.findall(meta.get("pkg.torch.onnx.stack_trace", ""))):
+        if file.endswith("torch_model.py"):
+            return _LAYER_TOKENS.get(_layer_at(file, int(line)) or function, "")
+        if file.endswith("schedule.py"):
+            return _LAYER_TOKENS.get(function, "")
+    return ""
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\w+)')
+# Layers (classes and module functions of variants/torch_model.py, functions of variants/schedule.py)
+# as the module names bench.profile classes paths by.
+_LAYER_TOKENS = {"ConvModule": "conv", "LocalAttention": "mhsa", "PerformerAttention": "mhsa", "favor_features": "mhsa",
+                 "favor_prefix_sum": "mhsa", "favor_quadratic": "mhsa", "favor_step": "mhsa", "_offsets": "mhsa",
+                 "_split_heads": "mhsa", "TimeReduction": "stack", "time_reduction_step": "stack",
+                 "FeedForward": "ffn", "LayerNorm": "norm", "Block": "blocks", "_run_block": "blocks"}
+
+
+@functools.lru_cache(maxsize=4)
+def _layer_spans(file: str) -> tuple[tuple[int, int, str], ...]:
+    tree = ast.parse(Path(file).read_text())
+    return tuple((node.lineno, node.end_lineno or node.lineno, node.name) for node in tree.body
+                 if isinstance(node, (ast.ClassDef, ast.FunctionDef)))
+
+
+def _layer_at(file: str, line: int) -> str | None:
+    """The top-level class or function of `file` that holds `line`."""
+    try:
+        return next((name for first, last, name in _layer_spans(file) if first <= line <= last), None)
+    except OSError:
+        return None
 
 
 def _kernel_session(kind: str, n: int, device: Any) -> Callable[[], Any]:
