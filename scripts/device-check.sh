@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The first thing to run on a new accelerator host: what each framework sees, the model tests on the
 # device (streaming == forward, JAX == PyTorch at float32 "highest"), the no-host-work guard, and a
-# quick run of the ladder at batch 1 and 64 in every framework the device supports. Everything goes
+# quick run of the ladder at batch 1 and 64 in every framework the device supports (PyTorch eager and,
+# on a GPU, CUDA graphs; ONNX Runtime with the CUDA execution provider where onnxruntime-gpu is installed). Everything goes
 # into one folder, to commit under reports/ with the card named.
 #
 #   scripts/device-check.sh gpu                 # -> reports/device-check/<UTC time>-gpu/
@@ -32,7 +33,10 @@ step pip-check "$python" -m pip check
 # TPU they run on its host CPU; the run below measures each framework on the TPU in its own process.
 test_device=$device; [ "$device" = tpu ] && test_device=cpu
 step model-tests env BENCH_TEST_DEVICE="$test_device" "$python" -m pytest -q -p no:cacheprovider \
-  tests/test_models.py tests/test_host_transfers.py
-step run "$python" -m bench.cli run --quick --device "$device" --batch 1,64 --out "$out/run" --no-progress
+  tests/test_models.py tests/test_host_transfers.py tests/test_onnxruntime.py
+# On a GPU, PyTorch also replays the step as CUDA graphs (the serving path without launch overhead).
+modes=eager; [ "$device" = gpu ] && modes=eager,cudagraphs
+step run "$python" -m bench.cli run --quick --device "$device" --batch 1,64 --torch-mode "$modes" \
+  --out "$out/run" --no-progress
 echo "device-check: $out (exit $status)"
 exit "$status"

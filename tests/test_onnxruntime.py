@@ -27,10 +27,13 @@ INT8_RMS_BOUND = 0.08  # int8 vs float32 outputs, RMS error over RMS output (tin
 def built():
     """The PyTorch and ONNX Runtime encoders of every tiny variant, sharing weights (different seeds:
     the parity must come from load_weights)."""
+    from conftest import TEST_DEVICE
+
+    device = resolve_device("onnxruntime", TEST_DEVICE if TEST_DEVICE != "tpu" else "cpu")
     out = {}
     for name, spec in TINY.items():
         torch_enc = variants.build(spec, "torch", seed=1)
-        ort_enc = variants.build(spec, "onnxruntime", seed=2)
+        ort_enc = variants.build(spec, "onnxruntime", seed=2, device=device)
         ort_enc.load_weights(torch_enc.weights())
         out[name] = (torch_enc, ort_enc)
     return out

@@ -10,8 +10,8 @@ reduction (the harness's 60 ms) there is one phase. The state is explicit: the s
 (`next.<path>`).
 
 Graphs are exported with `torch.onnx.export(..., dynamo=True)` and cached on disk by what decides their
-content (spec, weights, shapes, phase, torch/onnx/onnxscript versions, opset, quantisation), so a second
-run loads them without exporting. dtype "int8" is ONNX Runtime's dynamic quantisation of the MatMul
+content (spec, weights, shapes, phase, the model's source code, torch/onnx/onnxscript/onnxruntime
+versions, opset, quantisation), so a second run loads them without exporting. dtype "int8" is ONNX Runtime's dynamic quantisation of the MatMul
 weights (`onnxruntime.quantization.quantize_dynamic`): weights int8, activations and state float32.
 
 Sessions run through IO binding: the state stays an `OrtValue` on the session's device between steps,
@@ -21,6 +21,7 @@ and only the chunk and the outputs cross to the host (on a GPU, the CUDA executi
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import logging
@@ -46,6 +47,16 @@ QUANTIZED_OPS = ("MatMul",)  # what dtype "int8" quantises: every MatMul with a 
 GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
 _ARRAY = object()  # an array's place in a state template (None would read as "no array")
 _VERSIONED = ("torch", "onnx", "onnxscript", "onnxruntime")  # an export or quantisation changes with these
+# ... and with the code that is exported: a revision that changes the PyTorch model exports anew
+_MODEL_SOURCES = ("torch_model.py", "schedule.py", "state.py", "onnx_encoder.py")
+
+
+@functools.lru_cache(maxsize=1)
+def _model_code_digest() -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name in _MODEL_SOURCES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -301,7 +312,7 @@ class OnnxEncoder(NumpyEncoder):
                 h.update(np.ascontiguousarray(array).tobytes())
             self._digest = h.hexdigest()
         versions = [importlib.metadata.version(lib) for lib in _VERSIONED]
-        text = repr((key, repr(self.spec), self._digest, versions, OPSET, dtype, QUANTIZED_OPS))
+        text = repr((key, repr(self.spec), self._digest, _model_code_digest(), versions, OPSET, dtype, QUANTIZED_OPS))
         return f"{key[0]}-{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
 
     def quantization_summary(self, graph: Graph) -> str:
