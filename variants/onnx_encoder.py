@@ -189,6 +189,10 @@ class OnnxEncoder(NumpyEncoder):
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION)
+        # ONNX Runtime's pool threads spin after a run by default; in a benchmark (or a server) where
+        # several sessions share the cores, an idle session's spinning threads slow the one running
+        # (seen: the ladder's ONNX Runtime rows 1.3-2x slow when timed in interleaved rounds)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
     def describe(self) -> str:
@@ -196,7 +200,8 @@ class OnnxEncoder(NumpyEncoder):
         provider = provider[0] if isinstance(provider, tuple) else provider
         quantised = f", int8 dynamic quantisation of {'/'.join(QUANTIZED_OPS)} weights" if self.dtype == "int8" else ""
         return (f"onnxruntime {ort.__version__} {provider}, intra_op_num_threads={self.threads}, "
-                f"graph_optimization_level={GRAPH_OPTIMIZATION}, IO binding{quantised}; opset {OPSET}")
+                f"graph_optimization_level={GRAPH_OPTIMIZATION}, no thread spinning, IO binding{quantised}; "
+                f"opset {OPSET}")
 
     # ---- NumpyEncoder -------------------------------------------------------------------------
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
