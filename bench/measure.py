@@ -103,14 +103,17 @@ class Prepared:
     session: Any = None  # None when preparing failed (the record says why)
     state: Any = None
     timed_s: list[float] = field(default_factory=list)  # every step time_burst timed, in order
+    device_s: list[float] | None = None  # the last burst's steps on the device's clock (CUDA events), if any
 
     def time_burst(self, steps: int, warmup: int = 0) -> list[float]:
         result = timing.time_steps(self.session.step, self.state, self.session.sync, warmup=warmup,
-                                   min_iterations=steps, min_time_s=0.0, max_time_s=math.inf)
+                                   min_iterations=steps, min_time_s=0.0, max_time_s=math.inf,
+                                   device_timer=getattr(self.session, "device_timer", None))
         if not self.session.all_finite((result.outputs, result.state)):
             raise FloatingPointError("the step produced NaN/Inf (outputs or state) while being timed")
         self.state = result.state
         self.timed_s.extend(result.step_s)
+        self.device_s = result.device_s
         return list(result.step_s)
 
     def profile(self, steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -232,11 +235,16 @@ def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int,
     return prepared
 
 
-def finish(record: Mapping[str, Any], rounds: Sequence[Sequence[float]], settings: MeasureSettings) -> dict[str, Any]:
+def finish(record: Mapping[str, Any], rounds: Sequence[Sequence[float]], settings: MeasureSettings,
+           device_s: Sequence[float] = ()) -> dict[str, Any]:
     """The final record of a prepared measurement from its step times, one list per round (seconds):
     latency percentiles over every step, a 95% interval of the p50 over rounds, real-time factor,
-    throughput and the roofline fraction. Pure: no framework, nothing timed."""
+    throughput and the roofline fraction; with `device_s` (the same steps on the device's clock, CUDA
+    events) their p50 and p90 too. Pure: no framework, nothing timed."""
     record = dict(record)
+    if device_s:
+        device = stats.latency_stats(list(device_s))
+        record.update(latency_ms_p50_device=device.latency_ms_p50, latency_ms_p90_device=device.latency_ms_p90)
     notes = [record["warnings"]] if record.get("warnings") else []
     steps = [t for burst in rounds for t in burst]
     if not steps:
@@ -276,12 +284,14 @@ def measure(variant, framework: str, device: str, batch: int, chunk_frames: int,
     if prepared.session is None:
         return prepared.record | {RAW_STEP_KEY: []}
     rounds: list[list[float]] = []
+    device_s: list[float] = []
     try:
         for _ in range(settings.rounds):
             rounds.append(prepared.time_burst(settings.steps_per_round, settings.round_warmup))
+            device_s += prepared.device_s or []
     except Exception as e:  # noqa: BLE001 - a failed measurement is data
         return prepared.record | {"status": "failed", "error": one_line_error(e), RAW_STEP_KEY: []}
-    record = finish(prepared.record, rounds, settings)
+    record = finish(prepared.record, rounds, settings, device_s)
     record[RAW_STEP_KEY] = [t for burst in rounds for t in burst]
     return record
 

@@ -278,6 +278,7 @@ class _Group:
         self.jobs = jobs
         self.records: dict[Job, dict[str, Any]] = {}
         self.rounds: dict[Job, list[list[float]]] = {job: [] for job in jobs}
+        self.device_s: dict[Job, list[float]] = {job: [] for job in jobs}  # kept steps on the device's clock
         self.alive: list[Job] = []
         self.order: list[list[Job]] = []  # the order each round ran in
         self.capped = False  # the rounds stopped at max_time_s before min_time_s was reached
@@ -419,6 +420,7 @@ def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: ran
             reply = group.ask(pool, job, request, settings.timeout_s)
             if reply is not None and warming_up == 0:
                 group.rounds[job].append(reply["step_s"])
+                group.device_s[job] += reply.get("device_s", [])
         if warming_up:
             warming_up -= 1
             continue
@@ -460,7 +462,7 @@ def _finish(group: _Group, settings: MeasureSettings) -> dict[Job, dict[str, Any
         if record is None:
             continue
         if record.get("status") == "prepared":
-            record = measure.finish(record, group.rounds[job], settings)
+            record = measure.finish(record, group.rounds[job], settings, group.device_s[job])
             record["timing_capped"] = group.capped
         elif record.get("status") != "ok":
             record = {**record, "status": "failed"}

@@ -7,7 +7,8 @@ A worker that dies (a signal, `os._exit`, the OOM killer) or does not answer wit
 raises `WorkerDied` in the parent, whose message is what a failed record says.
 
 Requests: {"cmd": "prepare", "key": ..., "args": {...}} -> {"record": {...}} (the non-timing columns);
-{"cmd": "time", "key": ..., "steps": n, "warmup": w} -> {"step_s": [...]};
+{"cmd": "time", "key": ..., "steps": n, "warmup": w} -> {"step_s": [...]} (and "device_s": [...], the same
+steps on the device's clock, where the session has one);
 {"cmd": "profile", "key": ..., "steps": n} -> {"columns": {...}, "profile": {"classes": ..., "ops": [...]}}
 (bench.measure.Prepared.profile);
 {"cmd": "drop", "key": ...} -> {}; {"cmd": "exit"}. A request that fails in Python answers
@@ -166,7 +167,9 @@ def _serve(requests, reply) -> None:
                     sessions[message["key"]] = prepared
                 reply({"record": prepared.record})
             elif cmd == "time":
-                reply({"step_s": sessions[message["key"]].time_burst(message["steps"], message.get("warmup", 0))})
+                prepared = sessions[message["key"]]
+                step_s = prepared.time_burst(message["steps"], message.get("warmup", 0))
+                reply({"step_s": step_s} | ({"device_s": prepared.device_s} if prepared.device_s else {}))
             elif cmd == "profile":
                 columns, raw = sessions[message["key"]].profile(message["steps"])
                 reply({"columns": columns, "profile": raw})

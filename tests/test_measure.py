@@ -234,3 +234,11 @@ def test_int8_record_says_what_was_quantised_and_counts_its_bytes():
     assert int8["state_bytes"] == fp32["state_bytes"]  # the state stays float32
     assert int8["bytes_per_step"] == int8["weight_bytes_first_pass"] + 2 * int8["state_bytes"]
     assert int8["flops_per_step_onnx"] == int8["flops_per_step"]  # MatMulInteger counted as MatMul
+
+
+def test_device_step_times_become_device_latency_columns():
+    record = {"status": "prepared", "batch": 1, "audio_s_per_step": 0.06, "warnings": None}
+    rounds = [[0.010, 0.011], [0.012, 0.010]]
+    r = finish(record, rounds, SETTINGS, device_s=[0.008, 0.009, 0.010, 0.008])
+    assert r["latency_ms_p50_device"] == pytest.approx(8.5) and r["latency_ms_p90_device"] <= 10.0
+    assert "latency_ms_p50_device" not in finish(record, rounds, SETTINGS)  # no device clock, no column

@@ -84,3 +84,27 @@ def test_max_time_caps_a_slow_step():
 def test_bad_settings_raise():
     with pytest.raises(ValueError):
         time_steps(lambda s: (None, s), None, lambda t: None, min_iterations=0)
+
+
+class _FakeDeviceClock:
+    """A device clock that reports a fixed device time per step and records when it was asked."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.calls = seconds, []
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def stop(self) -> float:
+        self.calls.append("stop")
+        return self.seconds
+
+
+def test_a_device_timer_brackets_every_timed_step_and_only_those():
+    clock = _FakeDeviceClock(0.004)
+    result = time_steps(lambda s: ("y", s), None, lambda tree: None, warmup=2, min_iterations=5, min_time_s=0.0,
+                        max_time_s=5.0, device_timer=clock)
+    assert result.device_s == [0.004] * 5 and len(result.step_s) == 5
+    assert clock.calls == ["start", "stop"] * 5  # warm-up steps are not on the device clock either
+    assert time_steps(lambda s: ("y", s), None, lambda tree: None, warmup=0, min_iterations=2, min_time_s=0.0,
+                      max_time_s=5.0).device_s is None

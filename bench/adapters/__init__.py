@@ -24,6 +24,9 @@ class Session(Protocol):
     def initial_state(self) -> Any: ...  # a fresh streaming state for the batch
     def step(self, state: Any) -> tuple[Any, Any]: ...  # one chunk: (outputs, new_state)
     def sync(self, tree: Any) -> None: ...  # block until every array in tree is computed
+    # Optional: a bench.timing.DeviceTimer (the device's own clock, CUDA events) where the device has one;
+    # records then hold latency_ms_p50_device beside the wall-clock latency
+    device_timer: Any
     def all_finite(self, tree: Any) -> bool: ...
     def state_nbytes(self, state: Any) -> int: ...  # bytes of the real state arrays
     def count_flops(self) -> dict[str, Any]: ...  # source -> bench.counters.FlopCount

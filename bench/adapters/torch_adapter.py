@@ -99,6 +99,23 @@ class CudaGraphStep:
         return y, next_state
 
 
+class CudaEventTimer:
+    """A step's time on the GPU's own clock: CUDA events recorded on the current stream before the step
+    is launched and after it is synchronised (bench.timing.DeviceTimer)."""
+
+    def __init__(self):
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+
+    def start(self) -> None:
+        self._start.record()
+
+    def stop(self) -> float:
+        self._end.record()
+        self._end.synchronize()
+        return self._start.elapsed_time(self._end) / 1e3  # elapsed_time is in ms
+
+
 def _with_arrays(tree: Any, arrays: list) -> Any:
     it = iter(arrays)
     return map_arrays(lambda _: next(it), tree)
@@ -167,6 +184,7 @@ class TorchSession:
         self.encoder = enc = build_encoder(spec, "torch", seed=seed, dtype=dtype, device=native_device)
         self.x = enc.to_native(random_frames(batch, chunk_frames, spec.input_dim))
         self.compile_s = None
+        self.device_timer = CudaEventTimer() if native_device.type == "cuda" else None
         self._eager = _inference(enc.module.step)
         if mode == "eager":
             self._run = self._eager
