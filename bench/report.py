@@ -239,7 +239,7 @@ def counter_notes(df: pd.DataFrame) -> list[str]:
     analytic = pd.to_numeric(df.get("flops_per_step", pd.Series(dtype=float)), errors="coerce")
     for column, tool in (("flops_per_step_xla", "XLA cost analysis"),
                          ("flops_per_step_torch", "torch FlopCounterMode"),
-                         ("flops_per_step_fvcore", "fvcore")):
+                         ("flops_per_step_fvcore", "fvcore"), ("flops_per_step_onnx", "ONNX graph")):
         if column not in df:
             continue
         ratio = (pd.to_numeric(df[column], errors="coerce") / analytic).replace([np.inf, -np.inf], np.nan).dropna()
