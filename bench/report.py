@@ -208,7 +208,15 @@ def _arithmetic(df: pd.DataFrame) -> str:
     def values(column: str) -> str:
         return "/".join(map(str, _first_seen(df[column].dropna()))) if column in df else ""
 
-    dtypes, precisions = values("dtype"), values("precision")
+    from variants.build import QUANTIZED_DTYPES
+
+    def named(dtype: str) -> str:  # int8 is the weights' dtype; the arithmetic around it is float
+        if dtype not in QUANTIZED_DTYPES:
+            return dtype
+        return f"{dtype} MatMul weights (activations and state {QUANTIZED_DTYPES[dtype]})"
+
+    dtypes = "/".join(named(str(d)) for d in _first_seen(df["dtype"].dropna())) if "dtype" in df else ""
+    precisions = values("precision")
     return ", ".join(p for p in (dtypes, precisions and f"matmul precision {precisions}") if p)
 
 
