@@ -8,7 +8,7 @@ import pytest
 import variants
 from variants import analytic
 from variants.state import array_leaves, named_arrays
-from tiny import tiny_variants
+from tiny import stream, tiny_variants
 
 TINY = tiny_variants()
 SCHEDULES = {
@@ -36,13 +36,6 @@ def built():
     return out
 
 
-def _stream(enc, x, schedule):
-    state, outputs, pos = enc.init_state(x.shape[0]), [], 0
-    for size in schedule:
-        y, state = enc.step(x[:, pos: pos + size], state)
-        outputs.append(y)
-        pos += size
-    return np.concatenate(outputs, axis=1)
 
 
 def _features(spec, frames=40, batch=2, seed=0):
@@ -56,7 +49,7 @@ def test_streaming_equals_forward(built, name, framework, schedule):
     enc = built[name][0 if framework == "jax" else 1]
     x = _features(TINY[name])
     full = enc.forward(x)
-    streamed = _stream(enc, x, SCHEDULES[schedule])
+    streamed = stream(enc, x, SCHEDULES[schedule])
     assert full.shape == (2, 40 // TINY[name].output_stride, TINY[name].model_dim)
     assert streamed.shape == full.shape  # no frame dropped or duplicated
     np.testing.assert_allclose(streamed, full, atol=TOL, rtol=0)
@@ -69,7 +62,7 @@ def test_jax_equals_torch_on_shared_weights(built, name):
     y_jax, y_torch = jax_enc.forward(x), torch_enc.forward(x)
     assert 0.5 < y_jax.std() < 2.0  # unit-scale outputs, so the absolute tolerance means something
     np.testing.assert_allclose(y_torch, y_jax, atol=TOL, rtol=0)
-    np.testing.assert_allclose(_stream(torch_enc, x, [4, 9, 24]), _stream(jax_enc, x, [4, 9, 24]), atol=TOL, rtol=0)
+    np.testing.assert_allclose(stream(torch_enc, x, [4, 9, 24]), stream(jax_enc, x, [4, 9, 24]), atol=TOL, rtol=0)
     if TINY[name].second_pass is not None:
         np.testing.assert_allclose(torch_enc.second_pass_forward(y_jax), jax_enc.second_pass_forward(y_jax),
                                    atol=TOL, rtol=0)
@@ -185,7 +178,7 @@ def test_full_size_streaming_equals_forward(name):
     for framework in ("jax", "torch"):
         enc = variants.build(name, framework)
         full = enc.forward(x)
-        np.testing.assert_allclose(_stream(enc, x, [6] * 8), full, atol=TOL, rtol=0)
+        np.testing.assert_allclose(stream(enc, x, [6] * 8), full, atol=TOL, rtol=0)
 
 
 @pytest.mark.parametrize("framework", ["jax", "torch"])

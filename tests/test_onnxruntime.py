@@ -12,7 +12,7 @@ import pytest
 import variants
 from bench import counters
 from bench.machine import DeviceUnavailableError, resolve_device
-from tiny import tiny_variants
+from tiny import stream, tiny_variants
 from variants import analytic
 from variants.onnx_encoder import phase
 
@@ -43,13 +43,6 @@ def _frames(spec, batch=2, frames=40):
     return np.random.default_rng(3).standard_normal((batch, frames, spec.input_dim), np.float32)
 
 
-def _stream(enc, x, schedule):
-    state, outputs, pos = enc.init_state(x.shape[0]), [], 0
-    for size in schedule:
-        y, state = enc.step(x[:, pos: pos + size], state)
-        outputs.append(y)
-        pos += size
-    return np.concatenate(outputs, axis=1)
 
 
 @pytest.mark.parametrize("name", list(TINY))
@@ -59,7 +52,7 @@ def test_onnxruntime_equals_torch_forward_and_streaming(built, name):
     expected = torch_enc.forward(x)
     np.testing.assert_allclose(ort_enc.forward(x), expected, atol=TOL, rtol=0)
     for schedule in SCHEDULES.values():
-        streamed = _stream(ort_enc, x, schedule)
+        streamed = stream(ort_enc, x, schedule)
         np.testing.assert_allclose(streamed, expected[:, : streamed.shape[1]], atol=TOL, rtol=0)
     assert ort_enc.num_params() == analytic.param_count(TINY[name])
     assert ort_enc.state_bytes(2) == analytic.state_bytes(TINY[name], 2, 4)
@@ -69,7 +62,7 @@ def test_onnxruntime_equals_torch_forward_and_streaming(built, name):
 def test_onnxruntime_streams_through_every_time_reduction_phase(built, name):
     torch_enc, ort_enc = built[name]
     x = _frames(TINY[name])
-    streamed = _stream(ort_enc, x, [2] * 20)
+    streamed = stream(ort_enc, x, [2] * 20)
     expected = torch_enc.forward(x)
     np.testing.assert_allclose(streamed, expected[:, : streamed.shape[1]], atol=TOL, rtol=0)
     phases = {key[2] for key in ort_enc._graphs if key[0] == "step" and key[1][1] == 2}
@@ -104,7 +97,7 @@ def test_int8_quantises_the_matmul_weights_and_stays_near_float32(built):
     int8_enc = variants.build(spec, "onnxruntime", dtype="int8")
     int8_enc.load_weights(torch_enc.weights())
     x = _frames(spec, batch=1, frames=36)
-    reference, quantised = _stream(float_enc, x, [6] * 6), _stream(int8_enc, x, [6] * 6)
+    reference, quantised = stream(float_enc, x, [6] * 6), stream(int8_enc, x, [6] * 6)
     error = np.sqrt(np.mean((quantised - reference) ** 2) / np.mean(reference ** 2))
     assert 0 < error < INT8_RMS_BOUND  # not bit-identical (something was quantised), and close
 

@@ -148,3 +148,12 @@ def test_the_profile_table_shows_each_class_and_the_attention_states_share():
     text = report.render_profile(records(names=["baseline"]))
     assert "attn_state share" in text and "20%" in text and "outside_ops (ms)" in text
     assert report.render_profile(records(names=["baseline"]).drop(columns=["time_ms_ffn"])) == ""
+
+
+def test_an_int8_run_says_its_weights_are_int8_and_its_arithmetic_float():
+    df = records()
+    df["dtype"] = "int8"
+    df["flops_per_step_onnx"] = df["flops_per_step"]
+    header = report.render_table(df, "markdown").split("\n\n")[0]
+    assert "int8 MatMul weights (activations and state float32)" in header
+    assert "ONNX graph 1.00-1.00x" in header

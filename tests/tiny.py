@@ -1,6 +1,8 @@
 """Small versions of the registered variants: same structure (block kinds, attention kind, reductions,
 second pass), dimensions small enough that both frameworks build and run in milliseconds."""
 
+import numpy as np
+
 import variants
 from variants import EncoderSpec, SecondPassSpec
 
@@ -18,3 +20,13 @@ def tiny(spec: EncoderSpec) -> EncoderSpec:
 
 def tiny_variants() -> dict[str, EncoderSpec]:
     return {name: tiny(variants.get(name).spec) for name in variants.names()}
+
+
+def stream(enc, x, schedule):
+    """Encode x [B, T, D] chunk by chunk (sizes from `schedule`) through `enc.step`, outputs concatenated."""
+    state, outputs, pos = enc.init_state(x.shape[0]), [], 0
+    for size in schedule:
+        y, state = enc.step(x[:, pos: pos + size], state)
+        outputs.append(y)
+        pos += size
+    return np.concatenate(outputs, axis=1)
