@@ -24,7 +24,7 @@ EXIT_USAGE = 2  # bad flags, a malformed bench.toml, a device that is not here, 
 # Flags `bench run` and `bench ab` share: each run flag overrides the matching bench.toml [run] key.
 VariantFlag = Annotated[Optional[str], typer.Option("--variant", "-v", help="all, NAME[,NAME] or a glob ('perf*'). [default: bench.toml run.variants]")]
 DeviceFlag = Annotated[Optional[str], typer.Option("--device", "-d", help="cpu, gpu or tpu. [default: bench.toml run.device]")]
-FrameworkFlag = Annotated[Optional[str], typer.Option("--framework", "-f", help="jax, torch or all. [default: bench.toml run.frameworks]")]
+FrameworkFlag = Annotated[Optional[str], typer.Option("--framework", "-f", help="jax, torch, onnxruntime, a list (jax,onnxruntime) or all. [default: bench.toml run.frameworks]")]
 BatchFlag = Annotated[Optional[str], typer.Option("--batch", "-b", help="Comma-separated batch sizes, e.g. 1,64. [default: bench.toml run.batches]")]
 ChunkFlag = Annotated[Optional[int], typer.Option("--chunk", "-c", help="Input frames (10 ms) per streaming step. [default: bench.toml run.chunk_frames]")]
 TorchModeFlag = Annotated[Optional[str], typer.Option("--torch-mode", help="eager, compile, cudagraphs (CUDA graph replay; --device gpu) or a list: eager,compile. [default: bench.toml run.torch_modes]")]

@@ -242,3 +242,48 @@ def test_device_step_times_become_device_latency_columns():
     r = finish(record, rounds, SETTINGS, device_s=[0.008, 0.009, 0.010, 0.008])
     assert r["latency_ms_p50_device"] == pytest.approx(8.5) and r["latency_ms_p90_device"] <= 10.0
     assert "latency_ms_p50_device" not in finish(record, rounds, SETTINGS)  # no device clock, no column
+
+
+def test_cuda_graph_step_replays_one_graph_per_phase_and_copies_a_fresh_stream_in(monkeypatch):
+    """CudaGraphStep's bookkeeping on the CPU: the capture is replaced by a 'graph' that runs the eager
+    step into the static buffers when replayed; streaming through it equals the eager step."""
+    import torch
+
+    from bench.adapters import torch_adapter
+    from variants.state import array_leaves, with_arrays
+
+    class EagerGraph:
+        def __init__(self, module, x, state, out):
+            self.module, self.x, self.state, self.out = module, x, state, out
+
+        def replay(self):
+            with torch.inference_mode():
+                y, new = self.module.step(self.x, self.state)
+            self.out[0].copy_(y)
+            for buffer, value in zip(array_leaves(self.state), array_leaves(new)):
+                buffer.copy_(value)
+
+    captured = []
+
+    def capture(self, state):
+        captured.append(state)
+        with torch.inference_mode():
+            y, new = self.module.step(self.x, state)
+        graph = EagerGraph(self.module, self.x, state, [y.clone()])
+        return graph, graph.out[0], with_arrays(new, array_leaves(state))
+
+    monkeypatch.setattr(torch_adapter.CudaGraphStep, "_capture", capture)
+
+    enc = variants.build(_tiny("baseline"), "torch")
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 4, enc.spec.input_dim), np.float32))
+    step = torch_adapter.CudaGraphStep(enc.module, x, enc.init_state(1))
+    assert len(step.graphs) == len(captured) == 3  # 4 frames into a 3x stacking: buffer counts 0, 1, 2
+
+    state, eager_state = enc.init_state(1), enc.init_state(1)  # a fresh stream, copied into the buffers
+    for _ in range(5):
+        y, state = step(x, state)
+        with torch.inference_mode():
+            y_eager, eager_state = enc.module.step(x, eager_state)
+        torch.testing.assert_close(y, y_eager)
+    assert len(captured) == 3  # nothing captured while streaming
+    assert all(a is b for a, b in zip(array_leaves(state), array_leaves(step.static)))

@@ -38,7 +38,7 @@ import torch
 
 from variants.encoder import NumpyEncoder
 from variants.spec import EncoderSpec
-from variants.state import array_leaves, map_arrays, named_arrays, phase
+from variants.state import array_leaves, map_arrays, named_arrays, phase, with_arrays
 from variants.torch_encoder import TorchEncoder
 
 OPSET = 18
@@ -95,8 +95,7 @@ class _Flat(torch.nn.Module):
     def forward(self, x, *arrays):
         if self.template is None:
             return getattr(self.module, self.method)(x)
-        it = iter(arrays)
-        y, state = self.module.step(x, map_arrays(lambda _: next(it), self.template))
+        y, state = self.module.step(x, with_arrays(self.template, arrays))
         return (y, *array_leaves(state))
 
 
@@ -247,10 +246,13 @@ class OnnxEncoder(NumpyEncoder):
 
     def step_native(self, x: Any, state: Any) -> tuple[Any, Any]:
         """One chunk on OrtValues already on the device: what a timed step runs."""
-        graph = self.step_graph(tuple(x.shape()), state)
+        return self.run_step(self.step_graph(tuple(x.shape()), state), x, state)
+
+    def run_step(self, graph: Graph, x: Any, state: Any) -> tuple[Any, Any]:
+        """One chunk through `graph` (the step's graph for the state's phase, or a session of it built
+        otherwise, e.g. for profiling): (outputs, the next state)."""
         outputs = self._run(graph, [x, *array_leaves(state)])
-        it = iter(outputs[1:])
-        return outputs[0], map_arrays(lambda _: next(it), graph.template)
+        return outputs[0], with_arrays(graph.template, outputs[1:])
 
     # ---- graphs -----------------------------------------------------------------------------
     def step_graph(self, x_shape: tuple, state: Any) -> Graph:
@@ -320,23 +322,21 @@ class OnnxEncoder(NumpyEncoder):
         text = repr((key, repr(self.spec), self._digest, _model_code_digest(), versions, OPSET, dtype, QUANTIZED_OPS))
         return f"{key[0]}-{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
 
-    def quantization_summary(self, graph: Graph) -> str:
-        """What int8 quantisation changed in `graph`: how many MatMuls run on int8 weights, and the bytes."""
-        import onnx
-
-        ops = [node.op_type for node in onnx.load(str(graph.path)).graph.node]
-        int8 = sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops)
-        return (f"{int8} of {int8 + ops.count('MatMul')} MatMuls on int8 weights (onnxruntime quantize_dynamic, "
-                f"QInt8 per tensor, activations quantised per step); other weights float32; "
-                f"{self.weight_nbytes(graph):,} bytes of weights")
-
-    def weight_nbytes(self, graph: Graph) -> int:
-        """Bytes of the constants `graph` reads (its weights; int8 ones where quantised)."""
+    def graph_weights(self, graph: Graph) -> tuple[int, str | None]:
+        """Bytes of the constants `graph` reads (its weights; int8 ones where quantised), and for int8
+        what quantisation changed in it (None for float32): one read of the graph for both."""
         import onnx
         import onnx.numpy_helper
 
         model = onnx.load(str(graph.path))
-        return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+        nbytes = sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+        if self.dtype != "int8":
+            return nbytes, None
+        ops = [node.op_type for node in model.graph.node]
+        int8 = sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops)
+        return nbytes, (f"{int8} of {int8 + ops.count('MatMul')} MatMuls on int8 weights (onnxruntime "
+                        f"quantize_dynamic, QInt8 per tensor, activations quantised per step); other weights "
+                        f"float32; {nbytes:,} bytes of weights")
 
 
 def _quantize(float_path: Path, path: Path) -> None:

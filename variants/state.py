@@ -2,7 +2,7 @@
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 @dataclass
@@ -58,6 +58,13 @@ def map_arrays(fn: Callable[[Any], Any], tree: Any) -> Any:
         return dataclasses.replace(tree, **{f.name: map_arrays(fn, getattr(tree, f.name))
                                             for f in dataclasses.fields(tree)})
     return fn(tree)
+
+
+def with_arrays(tree: Any, arrays: Iterable[Any]) -> Any:
+    """The same tree with its array leaves replaced by `arrays`, in `array_leaves` order (a flat list of
+    a step's outputs back into a state; a template's placeholders filled)."""
+    it = iter(arrays)
+    return map_arrays(lambda _: next(it), tree)
 
 
 def state_nbytes(state: Any) -> int:

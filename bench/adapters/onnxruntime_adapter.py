@@ -23,9 +23,9 @@ import onnxruntime as ort
 
 from bench import counters, profile, roofline
 from bench.adapters import build_encoder, random_frames, second_pass_segment
-from bench.machine import device_name
-from variants.onnx_encoder import Graph, OrtDevice, usable_cores
-from variants.state import MAX_PHASES, array_leaves, map_arrays, phase, state_nbytes
+from bench.machine import device_name, usable_cores
+from variants.onnx_encoder import Graph, OrtDevice
+from variants.state import MAX_PHASES, array_leaves, phase, state_nbytes
 
 
 class OrtSession:
@@ -45,9 +45,9 @@ class OrtSession:
         cached = not any(g.exported for g in self.graphs.values())
         self.runtime_options = (f"{enc.describe()}; {len(self.graphs)} step graph(s), "
                                 f"{'loaded from the export cache' if cached else 'exported in this run'}")
-        main = self.graphs[phase(self.initial_state())]
-        self.step_weight_bytes = enc.weight_nbytes(main)  # what a step reads: int8 where quantised
-        self.quantized = enc.quantization_summary(main) if dtype == "int8" else None
+        self.main_graph = self.graphs[phase(self.initial_state())]  # the steady phase's (what is counted)
+        # what a step reads (int8 where quantised), and what quantisation changed
+        self.step_weight_bytes, self.quantized = enc.graph_weights(self.main_graph)
 
     def _export_phases(self) -> dict:
         """Every phase the step passes through (one for a chunk that every reduction divides), each
@@ -82,8 +82,7 @@ class OrtSession:
     state_nbytes = staticmethod(state_nbytes)
 
     def count_flops(self) -> dict[str, counters.FlopCount]:
-        main = self.graphs[phase(self.initial_state())]
-        return {"onnx": counters.onnx_count(main.path)}
+        return {"onnx": counters.onnx_count(self.main_graph.path)}
 
     def peaks(self) -> roofline.Peaks:
         if self.native_device.kind == "cpu":
@@ -116,9 +115,7 @@ class OrtSession:
             probe = Graph(session, graph.path, graph.template)
             t0 = time.perf_counter()
             for _ in range(steps):
-                outputs = self.encoder._run(probe, [self.x, *array_leaves(state)])
-                it = iter(outputs[1:])
-                state = map_arrays(lambda _: next(it), graph.template)
+                _, state = self.encoder.run_step(probe, self.x, state)
             wall_s = time.perf_counter() - t0
             trace = json.loads(Path(session.end_profiling()).read_text())
         ops = []

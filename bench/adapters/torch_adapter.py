@@ -19,7 +19,7 @@ import torch
 from bench import counters, profile, roofline
 from bench.adapters import build_encoder, random_frames, second_pass_segment
 from bench.machine import device_name
-from variants.state import MAX_PHASES, array_leaves, map_arrays, phase, state_nbytes
+from variants.state import MAX_PHASES, array_leaves, map_arrays, phase, state_nbytes, with_arrays
 
 COMPILE_CALLS = 2  # calls timed as compile_s in "compile" mode
 
@@ -44,8 +44,7 @@ class _StepForTrace(torch.nn.Module):
         self.inputs = tuple(array_leaves(state))
 
     def forward(self, x, *tensors):
-        it = iter(tensors)
-        y, new_state = self.module.step(x, map_arrays(lambda _: next(it), self._template))
+        y, new_state = self.module.step(x, with_arrays(self._template, tensors))
         return (y, *array_leaves(new_state))
 
 
@@ -62,6 +61,7 @@ class CudaGraphStep:
         self.module, self.x = module, x
         self.static = map_arrays(torch.Tensor.clone, state)
         self.graphs: dict[tuple, tuple[Any, torch.Tensor, Any]] = {}  # phase -> (graph, output y, next state)
+        self._phase_of: dict[int, tuple] = {}  # id of a next state a graph returns -> that state's phase
         for _ in range(MAX_PHASES):  # capture every phase the stream passes through
             if phase(state) in self.graphs:
                 return
@@ -81,19 +81,20 @@ class CudaGraphStep:
             for buffer, value in zip(array_leaves(state), array_leaves(new_state)):
                 if buffer is not value:
                     buffer.copy_(value)
-        it = iter(array_leaves(state))
-        return graph, y, map_arrays(lambda _: next(it), new_state)  # the next counts, over the static buffers
+        return graph, y, with_arrays(new_state, array_leaves(state))  # the next counts, over the static buffers
 
     def __call__(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        leaves = list(array_leaves(state))
-        static = list(array_leaves(self.static))
-        if leaves[0] is not static[0]:  # a fresh stream: its values into the static buffers
-            for buffer, value in zip(static, leaves):
+        # A state this object returned is known by identity, so a step walks no state tree in Python
+        key = self._phase_of.get(id(state))
+        if key is None:  # a fresh stream: its values into the static buffers
+            static = list(array_leaves(self.static))
+            for buffer, value in zip(static, array_leaves(state)):
                 buffer.copy_(value)
-            state = _with_arrays(state, static)
-        key = phase(state)
+            state = with_arrays(state, static)
+            key = phase(state)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(state)
+            self.graphs[key] = captured = self._capture(state)
+            self._phase_of[id(captured[2])] = phase(captured[2])  # kept alive in self.graphs: ids stay unique
         graph, y, next_state = self.graphs[key]
         graph.replay()
         return y, next_state
@@ -114,11 +115,6 @@ class CudaEventTimer:
         self._end.record()
         self._end.synchronize()
         return self._start.elapsed_time(self._end) / 1e3  # elapsed_time is in ms
-
-
-def _with_arrays(tree: Any, arrays: list) -> Any:
-    it = iter(arrays)
-    return map_arrays(lambda _: next(it), tree)
 
 
 SCOPE = "module:"  # torch.profiler ranges that name a module path
