@@ -17,7 +17,9 @@ Four tools, each with the blind spots listed below, normalised to one unit:
 
 So FlopCounterMode, fvcore's `matmul_flops`, the ONNX count and the analytic count share one scope, the
 "matmul/conv part": dense projections, batched matmuls/einsums (attention scores and values,
-Performer features, state update and readout) and convolutions. XLA's total also holds
+Performer features, state update and readout) and convolutions, except that a streaming step runs
+its depthwise convs as elementwise multiply and sum (`variants.analytic.depthwise_macs_per_step`:
+under 1% of a full-size step), which only XLA's total and the analytic count include. XLA's total also holds
 elementwise work and its per-op split is not exposed, so its total is what is compared (at full
 model width elementwise work is under 1% of a step). No counter crashes a run: when a tool
 cannot count, it returns `flops=None` with a one-line `reason`.

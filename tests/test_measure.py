@@ -54,7 +54,9 @@ def test_tiny_spec_gives_a_complete_ok_record(framework, name, monkeypatch):
         assert r["flops_per_step_xla"] >= r["flops_per_step"]
         assert r["flops_per_step_torch"] is None and r["flops_per_step_fvcore"] is None
     elif framework == "onnxruntime":
-        assert r["flops_per_step_onnx"] == r["flops_per_step"]  # the graph's MatMul/Conv/Einsum shapes
+        # the graph's MatMul/Gemm shapes: every MAC but the depthwise convs' elementwise multiply-and-sum
+        depthwise = analytic.depthwise_macs_per_step(spec, 2, 6)
+        assert r["flops_per_step_onnx"] == r["flops_per_step"] - 2 * depthwise
         assert "intra_op_num_threads" in r["runtime_options"] and r["quantized"] is None
     else:
         assert r["flops_per_step_torch"] == pytest.approx(r["flops_per_step"], rel=0.05)
@@ -229,11 +231,12 @@ def test_int8_record_says_what_was_quantised_and_counts_its_bytes():
     fp32 = measure(spec, "onnxruntime", "cpu", 1, 6, settings=SETTINGS)
     int8 = measure(spec, "onnxruntime", "cpu", 1, 6, dtype="int8", settings=SETTINGS)
     assert fp32["status"] == int8["status"] == "ok", int8["error"]
-    assert int8["dtype"] == "int8" and "MatMuls on int8 weights" in int8["quantized"]
+    assert int8["dtype"] == "int8" and "MatMuls with weights on int8 weights" in int8["quantized"]
     assert int8["weight_bytes_first_pass"] < 0.5 * fp32["weight_bytes_first_pass"]
     assert int8["state_bytes"] == fp32["state_bytes"]  # the state stays float32
     assert int8["bytes_per_step"] == int8["weight_bytes_first_pass"] + 2 * int8["state_bytes"]
-    assert int8["flops_per_step_onnx"] == int8["flops_per_step"]  # MatMulInteger counted as MatMul
+    # MatMulInteger counted as MatMul; the depthwise convs are elementwise, as in float32
+    assert int8["flops_per_step_onnx"] == fp32["flops_per_step_onnx"] < int8["flops_per_step"]
 
 
 def test_device_step_times_become_device_latency_columns():

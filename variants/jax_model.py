@@ -107,6 +107,10 @@ class ConvModule(nn.Module):
         return a * nn.sigmoid(gate)
 
     def _depthwise(self, x):  # x already padded: [B, T + K - 1, d] -> [B, T, d]
+        t = x.shape[1] - self.kernel_size + 1
+        if t <= schedule.DEPTHWISE_WINDOW_FRAMES:  # output frame i: the kernel placed at input frames i..i+K-1
+            frames = [jnp.sum(x * jnp.pad(self.depthwise_kernel, ((i, t - 1 - i), (0, 0))), axis=1) for i in range(t)]
+            return jnp.stack(frames, axis=1) + self.depthwise_bias
         y = jax.lax.conv_general_dilated(
             x, self.depthwise_kernel[:, None, :], window_strides=(1,), padding="VALID",
             dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=self.model_dim)
@@ -127,7 +131,8 @@ class ConvModule(nn.Module):
 
     def step(self, x, state):
         g = jnp.concatenate([state, self._glu(x)], axis=1)
-        return self._finish(self._depthwise(g)), g[:, g.shape[1] - (self.kernel_size - 1):]
+        kept = self.kernel_size - 1
+        return self._finish(self._depthwise(g)), jnp.split(g, [g.shape[1] - kept], axis=1)[1]
 
 
 def _split_heads(x, num_heads):
@@ -140,8 +145,9 @@ class LocalAttention(nn.Module):
 
     Relative positions: a learned bias per head per offset (T5-style, bounded window), which stays
     exact in streaming. The causal first pass uses right=0; its state is the projected keys and
-    values of the last `left` frames, k/v [B, left, heads, head_dim], and valid [B, left] (False
-    until a frame has been seen). The second pass uses a symmetric window and no state.
+    values of the last `left` frames, k/v [B, heads, left, head_dim], and valid [B, left] (False
+    until a frame has been seen). The second pass uses a symmetric window and no state. Heads lead
+    the frames so both products batch over (B, heads) with no copy of the cache into that order.
     """
 
     model_dim: int
@@ -159,18 +165,18 @@ class LocalAttention(nn.Module):
                                    self.dtype)
 
     def _project(self, x):
-        q, k, v = jnp.split(self.qkv(self.norm(x)), 3, axis=-1)
-        return (_split_heads(q, self.num_heads), _split_heads(k, self.num_heads), _split_heads(v, self.num_heads))
+        q, k, v = jnp.split(self.qkv(self.norm(x)), 3, axis=-1)  # -> q, k, v [B, heads, T, head_dim]
+        return tuple(jnp.swapaxes(_split_heads(a, self.num_heads), 1, 2) for a in (q, k, v))
 
     def _attend(self, q, k, v, offsets, mask):
         """offsets[t, s] = query position - key position; mask [B or 1, T, S] marks visible keys."""
         scale = float(self.model_dim // self.num_heads) ** -0.5  # a Python float stays weakly typed (bf16 stays bf16)
-        scores = jnp.einsum("bthd,bshd->bhts", q, k) * scale
+        scores = jnp.einsum("bhtd,bhsd->bhts", q, k) * scale
         bias = self.rel_bias[:, np.clip(offsets + self.right, 0, self.left + self.right)]  # [H, T, S]
         scores = scores + bias[None]
         scores = jnp.where(mask[:, None], scores, jnp.finfo(scores.dtype).min)
         probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-        y = jnp.einsum("bhts,bshd->bthd", probs, v)
+        y = jnp.einsum("bhts,bhsd->bthd", probs, v)
         return self.out(y.reshape(y.shape[0], y.shape[1], self.model_dim))
 
     def __call__(self, x):
@@ -181,20 +187,21 @@ class LocalAttention(nn.Module):
         return self._attend(q, k, v, offsets, jnp.asarray(mask)[None])
 
     def init_state(self, batch):
-        shape = (batch, self.left, self.num_heads, self.model_dim // self.num_heads)
+        shape = (batch, self.num_heads, self.left, self.model_dim // self.num_heads)
         return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype),
                 "valid": jnp.zeros((batch, self.left), bool)}
 
     def step(self, x, state):
         q, k, v = self._project(x)
         b, t = x.shape[:2]
-        keys = jnp.concatenate([state["k"], k], axis=1)
-        values = jnp.concatenate([state["v"], v], axis=1)
+        keys = jnp.concatenate([state["k"], k], axis=2)
+        values = jnp.concatenate([state["v"], v], axis=2)
         valid = jnp.concatenate([state["valid"], jnp.ones((b, t), bool)], axis=1)
         offsets = (self.left + np.arange(t))[:, None] - np.arange(self.left + t)[None, :]
         mask = jnp.asarray((offsets >= 0) & (offsets <= self.left))[None] & valid[:, None, :]
         y = self._attend(q, keys, values, offsets, mask)
-        new_state = {"k": keys[:, t:], "v": values[:, t:], "valid": valid[:, t:]}
+        new_state = {"k": jnp.split(keys, [t], axis=2)[1], "v": jnp.split(values, [t], axis=2)[1],
+                     "valid": jnp.split(valid, [t], axis=1)[1]}
         return y, new_state
 
 
@@ -208,7 +215,7 @@ def favor_features(x, projection, kernel: str, is_query: bool):
     no data-dependent stabilizer (the reference codes' max over the whole time axis cannot stream).
     """
     m = projection.shape[0]
-    wx = jnp.einsum("bthd,md->bthm", x, projection)
+    wx = jnp.matmul(x, projection.T)
     if kernel == "relu":
         return jax.nn.relu(wx) * float(m) ** -0.5 + RELU_EPS
     logits = wx - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
@@ -234,14 +241,17 @@ def favor_quadratic(pq, pk, v):
 
 
 def favor_step(pq, pk, v, s, z):
-    """Recurrent form over a chunk: the carried sums S [B,H,m,dh], z [B,H,m] plus the chunk's causal part."""
+    """Recurrent form over a chunk: the carried sums S [B,H,m,dh], z [B,H,m] plus the chunk's causal part.
+
+    Heads lead the chunk's frames inside, so every product is a batched matmul over (B, heads)."""
     t = pq.shape[1]
-    a = jnp.einsum("bthm,bshm->bhts", pq, pk) * jnp.tril(jnp.ones((t, t), pq.dtype))
-    num = jnp.einsum("bthm,bhmd->bthd", pq, s) + jnp.einsum("bhts,bshd->bthd", a, v)
-    den = jnp.einsum("bthm,bhm->bth", pq, z) + jnp.sum(a, axis=-1).transpose(0, 2, 1)
-    s = s + jnp.einsum("bshm,bshd->bhmd", pk, v)
-    z = z + jnp.sum(pk, axis=1)
-    return num / den[..., None], s, z
+    pq, pk, v = (jnp.swapaxes(a, 1, 2) for a in (pq, pk, v))  # [B, H, T, .]
+    a = jnp.matmul(pq, jnp.swapaxes(pk, -1, -2)) * jnp.tril(jnp.ones((t, t), pq.dtype))
+    num = jnp.matmul(pq, s) + jnp.matmul(a, v)
+    den = jnp.matmul(pq, z[..., None])[..., 0] + jnp.sum(a, axis=-1)
+    s = s + jnp.matmul(jnp.swapaxes(pk, -1, -2), v)
+    z = z + jnp.sum(pk, axis=2)
+    return jnp.swapaxes(num / den[..., None], 1, 2), s, z
 
 
 class PerformerAttention(nn.Module):

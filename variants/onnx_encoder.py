@@ -332,9 +332,11 @@ class OnnxEncoder(NumpyEncoder):
         nbytes = sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
         if self.dtype != "int8":
             return nbytes, None
-        ops = [node.op_type for node in model.graph.node]
-        int8 = sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops)
-        return nbytes, (f"{int8} of {int8 + ops.count('MatMul')} MatMuls on int8 weights (onnxruntime "
+        constants = {t.name for t in model.graph.initializer}
+        int8 = sum(node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for node in model.graph.node)
+        float_weighted = sum(node.op_type == "MatMul" and bool(constants.intersection(node.input))
+                             for node in model.graph.node)  # not the attention's products of two activations
+        return nbytes, (f"{int8} of {int8 + float_weighted} MatMuls with weights on int8 weights (onnxruntime "
                         f"quantize_dynamic, QInt8 per tensor, activations quantised per step); other weights "
                         f"float32; {nbytes:,} bytes of weights")
 
