@@ -44,14 +44,14 @@ class Worker:
         self.id = worker_id
         # here, not at the top: bench.machine imports variants, which a worker must import only after
         # putting its revision's checkout first on sys.path (main)
-        from bench.machine import REPO_ROOT, THREAD_COUNT_VARS, WORKER_DEVICE_ENV, usable_cores
+        from bench.machine import REPO_ROOT, THREAD_COUNT_VARS, WORKER_DEVICE_ENV, WORKER_MALLOC_ENV, usable_cores
 
         threads = threads or usable_cores()
         env = dict(os.environ)
         env[WORKER_ENV] = worker_id
         # thread pools are sized when a framework loads, so the count must be in the environment first
         env.update({var: env.get(var, str(threads)) for var in THREAD_COUNT_VARS})
-        env.update({var: env.get(var, value) for var, value in WORKER_DEVICE_ENV.items()})
+        env.update({var: env.get(var, value) for var, value in {**WORKER_DEVICE_ENV, **WORKER_MALLOC_ENV}.items()})
         args = [sys.executable, "-m", "bench.worker"]
         for plugin in plugins:
             args += ["--plugin", str(plugin)]

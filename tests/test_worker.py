@@ -92,10 +92,11 @@ def test_a_plugin_the_worker_cannot_import_ends_it_with_the_reason(tmp_path):
     assert "this plugin is broken" in str(e.value)
 
 
-def test_workers_see_bench_worker_and_thread_counts_set_before_any_framework_loads(tmp_path):
+def test_workers_see_bench_worker_thread_counts_and_malloc_settings_before_any_framework_loads(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("import json, os, sys\n"
-                     "print(json.dumps({k: os.environ.get(k) for k in ('BENCH_WORKER', 'OMP_NUM_THREADS')}),"
+                     "print(json.dumps({k: os.environ.get(k) for k in ('BENCH_WORKER', 'OMP_NUM_THREADS',"
+                     " 'MALLOC_MMAP_THRESHOLD_')}),"
                      " file=sys.stderr)\n"
                      "print('stdout noise from a plugin')\n")  # must not corrupt the protocol
     w = Worker("gw42", plugins=[str(probe)], threads=3)
@@ -106,6 +107,7 @@ def test_workers_see_bench_worker_and_thread_counts_set_before_any_framework_loa
         w.close()
     assert env["BENCH_WORKER"] == "gw42"
     assert env["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS", "3")
+    assert env["MALLOC_MMAP_THRESHOLD_"] == os.environ.get("MALLOC_MMAP_THRESHOLD_", str(32 << 20))  # glibc's ceiling
     assert WORKER_ENV == "BENCH_WORKER" and not os.environ.get(WORKER_ENV)  # the parent is no worker
 
 
