@@ -48,9 +48,9 @@ def test_classes_are_scaled_onto_the_timed_step():
     assert sum(columns[TIME_PREFIX + c] for c in CLASSES) == pytest.approx(2500.0)
 
 
-def _profiled(spec, framework):
+def _profiled(spec, framework, dtype="float32"):
     settings = dataclasses.replace(measure.load_config().quick, roofline=True)
-    prepared = measure.prepare(spec, framework, "cpu", 2, 6, settings=settings)
+    prepared = measure.prepare(spec, framework, "cpu", 2, 6, settings=settings, dtype=dtype)
     assert prepared.record["status"] == "prepared", prepared.record["error"]
     prepared.time_burst(3)
     columns, raw = prepared.profile(3)
@@ -83,3 +83,14 @@ def test_a_conv_only_encoder_spends_nothing_on_attention_state(framework, monkey
     assert columns[TIME_PREFIX + "attn_state"] == 0 and columns[TIME_PREFIX + "attn_proj"] == 0
     assert not [op for op in ops if op["class"] in ("attn_state", "attn_proj")]
     assert columns[TIME_PREFIX + "conv"] > 0
+
+
+def test_int8_matmuls_take_the_class_of_the_layer_whose_weights_they_read(monkeypatch):
+    """quantize_dynamic's MatMuls carry no exporter metadata: each is classed by the weight it reads,
+    not by the node that feeds it (the FFN's first MatMul reads a LayerNorm's output)."""
+    monkeypatch.delenv("BENCH_WORKER", raising=False)
+    spec = tiny(variants.get("conv_lower").spec)
+    spec = spec.replace(conv_only_blocks=spec.num_blocks)
+    _, ops = _profiled(spec, "onnxruntime", dtype="int8")
+    quantised = [op for op in ops if op["name"] in ("DynamicQuantizeMatMul", "MatMulInteger")]
+    assert quantised and {op["class"] for op in quantised} == {"ffn", "conv", "time_reduction"}

@@ -142,10 +142,16 @@ _NORM_OPS = ("LayerNormalization", "SkipLayerNormalization", "SkipSimplifiedLaye
 
 
 def _graph_paths(graph) -> dict[str, str]:
-    """Node name -> module path for every node of an exported graph; a node the exporter left without
-    one (a reshape it inserted) takes the path of the node that produced its first input."""
+    """Node name -> module path for every node of an exported graph. A node without one of its own
+    takes that of the layer whose weight it reads (quantize_dynamic's int8 MatMuls read
+    `module.<layer>.kernel_quantized`), else that of the node that produced its first input (a
+    reshape the exporter inserted)."""
     producer = {out: node for node in graph.node for out in node.output}
-    own = {node.name: _node_path({p.key: p.value for p in node.metadata_props}) for node in graph.node}
+    weights = {t.name for t in graph.initializer if t.name.startswith("module.")}
+    own = {}
+    for node in graph.node:
+        layers = [name.removeprefix("module.").rsplit(".", 1)[0] for name in node.input if name in weights]
+        own[node.name] = _node_path({p.key: p.value for p in node.metadata_props}) or next(iter(layers), "")
 
     def path(node, depth=0):
         if own[node.name] or depth > 8 or not node.input or node.input[0] not in producer:
