@@ -74,12 +74,15 @@ def test_a_profiled_step_puts_every_op_in_a_class(name, has_state, framework, mo
     assert step == pytest.approx(columns["profile_plain_step_ms"])
 
 
+def _conv_only():
+    spec = tiny(variants.get("conv_lower").spec)
+    return spec.replace(conv_only_blocks=spec.num_blocks)
+
+
 @pytest.mark.parametrize("framework", ["jax", "torch", "onnxruntime"])
 def test_a_conv_only_encoder_spends_nothing_on_attention_state(framework, monkeypatch):
     monkeypatch.delenv("BENCH_WORKER", raising=False)
-    spec = tiny(variants.get("conv_lower").spec)
-    spec = spec.replace(conv_only_blocks=spec.num_blocks)
-    columns, ops = _profiled(spec, framework)
+    columns, ops = _profiled(_conv_only(), framework)
     assert columns[TIME_PREFIX + "attn_state"] == 0 and columns[TIME_PREFIX + "attn_proj"] == 0
     assert not [op for op in ops if op["class"] in ("attn_state", "attn_proj")]
     assert columns[TIME_PREFIX + "conv"] > 0
@@ -89,8 +92,6 @@ def test_int8_matmuls_take_the_class_of_the_layer_whose_weights_they_read(monkey
     """quantize_dynamic's MatMuls carry no exporter metadata: each is classed by the weight it reads,
     not by the node that feeds it (the FFN's first MatMul reads a LayerNorm's output)."""
     monkeypatch.delenv("BENCH_WORKER", raising=False)
-    spec = tiny(variants.get("conv_lower").spec)
-    spec = spec.replace(conv_only_blocks=spec.num_blocks)
-    _, ops = _profiled(spec, "onnxruntime", dtype="int8")
+    _, ops = _profiled(_conv_only(), "onnxruntime", dtype="int8")
     quantised = [op for op in ops if op["name"] in ("DynamicQuantizeMatMul", "MatMulInteger")]
     assert quantised and {op["class"] for op in quantised} == {"ffn", "conv", "time_reduction"}

@@ -148,10 +148,9 @@ def _graph_paths(graph) -> dict[str, str]:
     reshape the exporter inserted)."""
     producer = {out: node for node in graph.node for out in node.output}
     weights = {t.name for t in graph.initializer if t.name.startswith("module.")}
-    own = {}
-    for node in graph.node:
-        layers = [name.removeprefix("module.").rsplit(".", 1)[0] for name in node.input if name in weights]
-        own[node.name] = _node_path({p.key: p.value for p in node.metadata_props}) or next(iter(layers), "")
+    own = {node.name: _node_path({p.key: p.value for p in node.metadata_props})
+           or next((name.removeprefix("module.").rsplit(".", 1)[0] for name in node.input if name in weights), "")
+           for node in graph.node}
 
     def path(node, depth=0):
         if own[node.name] or depth > 8 or not node.input or node.input[0] not in producer:
