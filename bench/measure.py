@@ -94,7 +94,8 @@ PEAK_KEYS = ("peak_flops_per_s", "peak_bytes_per_s", "peaks_source")  # a device
 
 @dataclass
 class Prepared:
-    """A built, compiled, checked session and the record of everything but its step times.
+    """A built and compiled session (then checked and warmed up: `warm`) and the record of everything
+    but its step times.
 
     `time_burst` times a few more steps with the state threaded on from the last burst, as a stream
     would see them; the worker process that owns this answers the runner's rounds with it."""
@@ -104,6 +105,66 @@ class Prepared:
     state: Any = None
     timed_s: list[float] = field(default_factory=list)  # every step time_burst timed, in order
     device_s: list[float] | None = None  # the last burst's steps on the device's clock (CUDA events), if any
+    notes: list[str] = field(default_factory=list)  # the record's warnings so far
+
+    def warm(self, settings: MeasureSettings | Mapping[str, Any] | None = None,
+             known_peaks: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Check a built session's first step, count its FLOPs, measure the peaks (unless
+        `known_peaks`), time the cascade's second pass and run the warm-up steps: the steps run here,
+        so the runner warms one session at a time while it builds several at once. The record's
+        status becomes "prepared", or "failed" with the error."""
+        t_start = time.perf_counter()
+        settings = _settings(settings)
+        session, record, notes = self.session, self.record, self.notes
+        try:
+            state = session.initial_state()
+            record["state_bytes_measured"] = session.state_nbytes(state)
+            if record["state_bytes_measured"] != record["state_bytes"]:
+                notes.append(f"state arrays hold {record['state_bytes_measured']} bytes, "
+                             f"the spec's formula {record['state_bytes']}")
+
+            # One checked step before spending time on timing: a NaN model fails fast.
+            outputs, state = session.step(state)
+            session.sync((outputs, state))
+            if not session.all_finite((outputs, state)):
+                raise FloatingPointError("the step produced NaN/Inf (outputs or state) on its first call")
+            if (after := session.state_nbytes(state)) != record["state_bytes_measured"]:
+                notes.append(f"the step returns a state of {after} bytes for one of {record['state_bytes_measured']}")
+
+            if settings.counters:
+                _count(session, record)
+
+            if settings.roofline:
+                if known_peaks:
+                    record.update({k: known_peaks[k] for k in PEAK_KEYS})
+                else:
+                    peaks = session.peaks()
+                    record.update(peak_flops_per_s=peaks.flops_per_s, peak_bytes_per_s=peaks.bytes_per_s,
+                                  peaks_source=peaks.source)
+
+            if settings.second_pass and (segment := session.second_pass_step()) is not None:
+                sp = timing.time_steps(lambda s: (segment(), s), None, lambda tree: None, warmup=1,
+                                       min_iterations=5, min_time_s=0.2, max_time_s=max(1.0, settings.max_time_s / 4))
+                record["second_pass_latency_ms_p50"] = stats.latency_stats(sp.step_s).latency_ms_p50
+
+            for _ in range(settings.warmup_iterations):
+                outputs, state = session.step(state)
+                session.sync((outputs, state))
+            self.state = state
+            record["status"] = "prepared"
+        except Exception as e:  # noqa: BLE001 - a failed measurement is data
+            self.fail(e)
+        self.finish_phase(t_start)
+        return record
+
+    def fail(self, error: BaseException) -> None:
+        self.session = self.state = None
+        self.record.update(status="failed", error=one_line_error(error))
+
+    def finish_phase(self, t_start: float) -> None:
+        """The record's warnings and wall time (measure_wall_s: building and warming together)."""
+        self.record["warnings"] = "; ".join(self.notes) or None
+        self.record["measure_wall_s"] = (self.record.get("measure_wall_s") or 0.0) + time.perf_counter() - t_start
 
     def time_burst(self, steps: int, warmup: int = 0) -> list[float]:
         result = timing.time_steps(self.session.step, self.state, self.session.sync, warmup=warmup,
@@ -140,10 +201,11 @@ class Prepared:
 def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int, *, dtype: str = "float32",
             precision: str = PRECISIONS[0], mode: str | None = None,
             settings: MeasureSettings | Mapping[str, Any] | None = None, seed: int = 0,
-            known_peaks: Mapping[str, Any] | None = None) -> Prepared:
-    """Build and compile one streaming step of `variant` (a registered name or an EncoderSpec), check
-    it, count its FLOPs, warm it up and time the cascade's second pass; the record has status
-    "prepared", or "failed" with the error.
+            known_peaks: Mapping[str, Any] | None = None, warm: bool = True) -> Prepared:
+    """Build and compile one streaming step of `variant` (a registered name or an EncoderSpec), then
+    (`warm`, else later by `Prepared.warm`) check it, count its FLOPs, warm it up and time the
+    cascade's second pass; the record has status "prepared" ("built" before warming), or "failed"
+    with the error.
 
     Invalid arguments (unknown variant, framework, mode or dtype; batch or chunk < 1) raise
     ValueError before anything runs; a device that is not there raises DeviceUnavailableError.
@@ -169,7 +231,6 @@ def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int,
                   mode=mode, device=device, dtype=dtype, precision=precision, batch=batch, chunk_frames=chunk_frames,
                   warmup_iterations=settings.warmup_iterations)
     native = resolve_device(framework, device)  # DeviceUnavailableError propagates
-    notes: list[str] = []
     prepared = Prepared(record)
     try:
         record.update(machine_info(framework))
@@ -187,51 +248,17 @@ def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int,
             record.update(analytic_columns(spec, batch, chunk_frames, dtype, precision,
                                            weight_bytes_first_pass=session.step_weight_bytes))
         if record["params"] != record["params_analytic"]:
-            notes.append(f"model has {record['params']} parameters, the spec's formula {record['params_analytic']}")
-
-        state = session.initial_state()
-        record["state_bytes_measured"] = session.state_nbytes(state)
-        if record["state_bytes_measured"] != record["state_bytes"]:
-            notes.append(f"state arrays hold {record['state_bytes_measured']} bytes, "
-                         f"the spec's formula {record['state_bytes']}")
-
-        # One checked step before spending time on timing: a NaN model fails fast.
-        outputs, state = session.step(state)
-        session.sync((outputs, state))
-        if not session.all_finite((outputs, state)):
-            raise FloatingPointError("the step produced NaN/Inf (outputs or state) on its first call")
-        if (after := session.state_nbytes(state)) != record["state_bytes_measured"]:
-            notes.append(f"the step returns a state of {after} bytes for one of {record['state_bytes_measured']}")
-
-        if settings.counters:
-            _count(session, record)
-
-        if settings.roofline:
-            if known_peaks:
-                record.update({k: known_peaks[k] for k in PEAK_KEYS})
-            else:
-                peaks = session.peaks()
-                record.update(peak_flops_per_s=peaks.flops_per_s, peak_bytes_per_s=peaks.bytes_per_s,
-                              peaks_source=peaks.source)
-
-        if settings.second_pass and (segment := session.second_pass_step()) is not None:
-            sp = timing.time_steps(lambda s: (segment(), s), None, lambda tree: None, warmup=1,
-                                   min_iterations=5, min_time_s=0.2, max_time_s=max(1.0, settings.max_time_s / 4))
-            record["second_pass_latency_ms_p50"] = stats.latency_stats(sp.step_s).latency_ms_p50
-
-        for _ in range(settings.warmup_iterations):
-            outputs, state = session.step(state)
-            session.sync((outputs, state))
-        prepared.session, prepared.state = session, state
-        record["status"] = "prepared"
+            prepared.notes.append(f"model has {record['params']} parameters, the spec's formula "
+                                  f"{record['params_analytic']}")
+        prepared.session = session
+        record["status"] = "built"
     except DeviceUnavailableError:
         raise
     except Exception as e:  # noqa: BLE001 - a failed measurement is data
-        prepared.session = prepared.state = None
-        record["status"] = "failed"
-        record["error"] = one_line_error(e)
-    record["warnings"] = "; ".join(notes) or None
-    record["measure_wall_s"] = time.perf_counter() - t_start
+        prepared.fail(e)
+    prepared.finish_phase(t_start)
+    if warm and prepared.session is not None:
+        prepared.warm(settings, known_peaks)
     return prepared
 
 

@@ -338,8 +338,11 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                 for index, jobs in enumerate(plan.groups()):
                     group = _Group(jobs)
                     try:
+                        _t0=time.perf_counter()
                         _prepare(group, plan, settings, pool, known_peaks, bar, task)
+                        _t1=time.perf_counter()
                         _rounds(group, settings, pool, rng, bar, task)
+                        print('TRACE', jobs[0].framework, jobs[0].batch, 'prepare %.1f rounds %.1f' % (_t1-_t0, time.perf_counter()-_t1), file=sys.stderr)
                         if settings.profile:
                             _profile(group, settings, pool, bar, task)
                     finally:  # an interrupted group still keeps every round it timed
@@ -361,37 +364,48 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
 
 def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: WorkerPool,
              known_peaks: dict, bar, task) -> None:
-    """Build, compile, check and count each job's session in its worker; nothing is timed against
-    anything else here, so up to `prepare_workers` workers prepare at once (compile_s may include
-    that sharing). The machine's peaks, when wanted and not yet known, are measured by one worker
-    preparing alone."""
+    """Build and compile each job's session in its worker, up to `prepare_workers` at once (compile_s
+    may include that sharing); then check, count and warm them up one at a time. Running steps in
+    two workers at once costs more than it saves on a machine whose cores each worker's thread pool
+    already fills (seen on the reference 2-core VM: PyTorch and ONNX Runtime workers preparing two
+    at a time took 2-4x longer each), while building is mostly serial work (drawing weights, XLA's
+    compile). The machine's peaks, when wanted and not yet known, are measured by the first job
+    warmed, with nothing else running."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def prepare(job: Job) -> None:
-        peaks_key = _peaks_key(job, plan)
-        args = dict(variant=job.variant, framework=job.framework, device=plan.device, batch=job.batch,
-                    chunk_frames=plan.chunk_frames, dtype=plan.dtype, precision=plan.precision, mode=job.mode,
-                    settings=asdict(settings), known_peaks=known_peaks.get(peaks_key))
-        identity = job_identity(job, plan)
-        group.records[job] = empty_job_record(job, plan)
-        reply = group.ask(pool, job, {"cmd": "prepare", "key": session_key(job), "args": args}, settings.timeout_s)
+    def record_reply(job: Job, reply: dict[str, Any] | None) -> None:
         if reply is None:
             return
-        record = {**group.records[job], **reply["record"], **identity}
+        record = {**group.records[job], **reply["record"], **job_identity(job, plan)}
         if plan.device_name:
             record["device_name"] = plan.device_name
         group.records[job] = record
+
+    def build(job: Job) -> None:
+        args = dict(variant=job.variant, framework=job.framework, device=plan.device, batch=job.batch,
+                    chunk_frames=plan.chunk_frames, dtype=plan.dtype, precision=plan.precision, mode=job.mode,
+                    settings=asdict(settings), warm=False)
+        group.records[job] = empty_job_record(job, plan)
+        record_reply(job, group.ask(pool, job, {"cmd": "prepare", "key": session_key(job), "args": args},
+                                    settings.timeout_s))
+
+    def warm(job: Job) -> None:
+        peaks_key = _peaks_key(job, plan)
+        request = {"cmd": "warm", "key": session_key(job), "settings": asdict(settings),
+                   "known_peaks": known_peaks.get(peaks_key)}
+        record_reply(job, group.ask(pool, job, request, settings.timeout_s))
+        record = group.records[job]
         if record.get("status") == "prepared" and record.get("peak_flops_per_s"):
             known_peaks.setdefault(peaks_key, {k: record[k] for k in measure.PEAK_KEYS})
 
     bar.update(task, description=f"preparing {group.jobs[0].framework}/{group.jobs[0].mode} "
                                  f"batch {group.jobs[0].batch}")
-    jobs = list(group.jobs)
-    if settings.roofline and _peaks_key(jobs[0], plan) not in known_peaks:
-        prepare(jobs.pop(0))
     # a shared worker answers one request at a time
     with ThreadPoolExecutor(max_workers=1 if pool.shared else max(1, settings.prepare_workers)) as executor:
-        list(executor.map(prepare, jobs))
+        list(executor.map(build, group.jobs))
+    for job in group.jobs:
+        if group.records[job].get("status") == "built":
+            warm(job)
     group.alive = [job for job in group.jobs if group.records[job].get("status") == "prepared"]
 
 

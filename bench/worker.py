@@ -6,7 +6,9 @@ with; anything a library prints goes to stderr (a file the parent keeps for the 
 A worker that dies (a signal, `os._exit`, the OOM killer) or does not answer within the timeout
 raises `WorkerDied` in the parent, whose message is what a failed record says.
 
-Requests: {"cmd": "prepare", "key": ..., "args": {...}} -> {"record": {...}} (the non-timing columns);
+Requests: {"cmd": "prepare", "key": ..., "args": {...}} -> {"record": {...}} (the non-timing columns;
+with "warm": false in args, only built and compiled, status "built", until
+{"cmd": "warm", "key": ..., "settings": {...}, "known_peaks": {...} | null} -> {"record": {...}});
 {"cmd": "time", "key": ..., "steps": n, "warmup": w} -> {"step_s": [...]} (and "device_s": [...], the same
 steps on the device's clock, where the session has one);
 {"cmd": "profile", "key": ..., "steps": n} -> {"columns": {...}, "profile": {"classes": ..., "ops": [...]}}
@@ -166,6 +168,12 @@ def _serve(requests, reply) -> None:
                 if prepared.session is not None:
                     sessions[message["key"]] = prepared
                 reply({"record": prepared.record})
+            elif cmd == "warm":
+                prepared = sessions[message["key"]]
+                record = prepared.warm(message.get("settings"), message.get("known_peaks"))
+                if prepared.session is None:
+                    sessions.pop(message["key"])
+                reply({"record": record})
             elif cmd == "time":
                 prepared = sessions[message["key"]]
                 step_s = prepared.time_burst(message["steps"], message.get("warmup", 0))

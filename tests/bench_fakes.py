@@ -1,5 +1,5 @@
-"""In-process fake workers for the runner and CLI tests: they answer the worker protocol (prepare / time /
-drop) with made-up, deterministic records and step times, so the runner's scheduling (groups,
+"""In-process fake workers for the runner and CLI tests: they answer the worker protocol (prepare / warm /
+time / drop) with made-up, deterministic records and step times, so the runner's scheduling (groups,
 interleaved rounds, deaths, timeouts) and `bench run` are tested without processes or models.
 
 A `FakeWorkers` holds the behaviour and the log; `FakeWorkers.pool(plan)` is a real `runner.WorkerPool`
@@ -49,6 +49,7 @@ class FakeWorkers:
         self.profile_fails = profile_fails  # variants whose profile request answers an error
         self.interrupt_at, self.drift, self.noise, self.p50 = interrupt_at, drift, noise, p50
         self.calls: list[dict[str, Any]] = []  # the args of every prepare request
+        self.warmed_with: list[tuple[str, Any]] = []  # (key, known_peaks) of every warm request
         self.requests: list[tuple[str, str, str | None]] = []  # (worker id, cmd, key) in order
         self.workers: list[FakeWorker] = []
         self.clock = 0.0  # fake seconds: advanced by every timed (and warm-up) step
@@ -103,6 +104,16 @@ class FakeWorker:
             raise WorkerDied(self.dead)
         if cmd == "prepare":
             return self._prepare(message["args"], key)
+        if cmd == "warm":
+            if key not in self.sessions:
+                return {"error": f"KeyError: {key!r}"}
+            with lab._lock:
+                lab.warmed_with.append((key, message.get("known_peaks")))
+            peaks = {}
+            if (message.get("settings") or {}).get("roofline"):
+                peaks = message.get("known_peaks") or {"peak_flops_per_s": 1e11, "peak_bytes_per_s": 1e10,
+                                                       "peaks_source": "fake"}
+            return {"record": {**self.sessions[key]["record"], "status": "prepared", **peaks}}
         if cmd == "time":
             return self._time(key, message["steps"], message.get("warmup", 0))
         if cmd == "drop":
@@ -126,13 +137,15 @@ class FakeWorker:
         record = dict(variant=variant, framework=args["framework"], mode=args["mode"], device=args["device"],
                       device_name="Fake CPU", dtype=args["dtype"], batch=args["batch"],
                       chunk_frames=args["chunk_frames"], params=1_000_000, audio_s_per_step=0.06,
-                      worker=self.id, status="prepared", error=None, warnings=None)
+                      flops_per_step=2e6, bytes_per_step=4e6,
+                      worker=self.id, status="prepared" if args.get("warm", True) else "built", error=None,
+                      warnings=None)
         if variant in self.lab.fail:
             record.update(status="failed", error="FloatingPointError: NaN in output")
             return {"record": record}
         seed = zlib.crc32(key.encode())
         self.sessions[key] = dict(p50=self.lab.p50(variant, args["framework"], args["batch"]),
-                                  rng=np.random.default_rng(seed))
+                                  rng=np.random.default_rng(seed), record=record)
         return {"record": record}
 
     def _time(self, key: str, steps: int, warmup: int) -> dict[str, Any]:

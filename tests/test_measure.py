@@ -9,6 +9,7 @@ import variants
 from variants import analytic
 from bench.config import MeasureSettings, load_config
 from bench.machine import DeviceUnavailableError, available_devices
+from bench import adapters
 from bench import measure as measure_mod
 from bench.measure import _variant_name, finish, measure, prepare
 from bench.schema import DEFAULT_MODE, EXTRA_KEYS, RAW_STEP_KEY, RECORD_KEYS
@@ -95,6 +96,7 @@ def _nan_build(monkeypatch):
         return enc
 
     monkeypatch.setattr(variants, "build", build)
+    monkeypatch.setattr(adapters, "_last_built", None)  # an encoder an earlier test built is not reused
 
 
 @pytest.mark.parametrize("framework, name", CASES)

@@ -263,21 +263,37 @@ def rounds_of_group(lab: FakeWorkers, batch: int) -> list[list[str]]:
     return out
 
 
-def test_a_failed_prepare_a_python_error_and_a_death_while_preparing_each_fail_one_record(tmp_path, monkeypatch):
+def test_a_failed_prepare_a_python_error_and_deaths_while_building_or_warming_each_fail_one_record(tmp_path, monkeypatch):
     variants = ("baseline", "conv_lower", "conv_lower_downsized", "practical", "practical_cascade")
     lab = FakeWorkers(fail=("conv_lower",), raise_for=("conv_lower_downsized",),
-                      die={"practical_cascade": ("prepare", 1, "timed out after 5 s")})
+                      die={"practical_cascade": ("prepare", 1, "timed out after 5 s"),
+                           "practical": ("warm", 1, "worker killed by SIGSEGV")})
     summary, recs = go(tmp_path, lab, plan(variants=variants), monkeypatch=monkeypatch)
     status = {k[0]: (r["status"], r["error"]) for k, r in recs.items()}
-    assert status == {"baseline": ("ok", None), "practical": ("ok", None),
+    assert status == {"baseline": ("ok", None), "practical": ("failed", "worker killed by SIGSEGV"),
                       "conv_lower": ("failed", "FloatingPointError: NaN in output"),
                       "conv_lower_downsized": ("failed", "RuntimeError: adapter bug for conv_lower_downsized"),
                       "practical_cascade": ("failed", "timed out after 5 s")}
-    assert {k.split("|")[0] for k in lab.time_keys()} == {"baseline", "practical"}  # failed jobs are not timed
+    assert {k.split("|")[0] for k in lab.time_keys()} == {"baseline"}  # failed jobs are not timed
     assert all(r["variant"] and r["batch"] == 1 and r["device"] == "cpu" for r in summary.records)
-    assert "3 of 5 measurements failed" in summary.failure_line()
+    assert "4 of 5 measurements failed" in summary.failure_line()
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert len(on_disk["records"]) == 5 and on_disk["meta"]["status"] == "complete"
+
+
+def test_sessions_are_built_together_then_warmed_one_at_a_time_and_the_first_measures_the_peaks(tmp_path):
+    lab = FakeWorkers()
+    settings = dataclasses.replace(SETTINGS, prepare_workers=2, roofline=True)
+    summary, _ = go(tmp_path, lab, plan(batches=(1, 64)), settings=settings)
+    assert all(r["status"] == "ok" for r in summary.records)
+    assert all(call["warm"] is False for call in lab.calls)  # the steps run in `warm`, not while building
+    cmds = [(cmd, key.split("|")[3]) for _, cmd, key in lab.requests if cmd in ("prepare", "warm", "time")]
+    for batch in ("1", "64"):
+        group = [cmd for cmd, b in cmds if b == batch]
+        assert group[:6] == ["prepare"] * 3 + ["warm"] * 3 and set(group[6:]) == {"time"}
+    assert [peaks is None for _, peaks in lab.warmed_with] == [True] + [False] * 5  # measured once, alone
+    assert {r["peaks_source"] for r in summary.records} == {"fake"} and all(r["roofline_fraction"] > 0
+                                                                            for r in summary.records)
 
 
 def test_every_live_session_is_dropped_and_unneeded_workers_retire(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -46,6 +46,7 @@ CACHE_ENV = "BENCH_ONNX_CACHE"  # where exported graphs are kept; default ~/.cac
 QUANTIZED_OPS = ("MatMul",)  # what dtype "int8" quantises: every MatMul with a constant weight
 GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
 _ARRAY = object()  # an array's place in a state template (None would read as "no array")
+_TORCH_DTYPES = {"tensor(float)": torch.float32, "tensor(bool)": torch.bool}  # a state's OrtValue types
 _VERSIONED = ("torch", "onnx", "onnxscript", "onnxruntime")  # an export or quantisation changes with these
 # ... and with the code that is exported: a revision that changes the PyTorch model exports anew
 _MODEL_SOURCES = ("torch_model.py", "schedule.py", "state.py", "onnx_encoder.py")
@@ -222,16 +223,16 @@ class OnnxEncoder(NumpyEncoder):
         return np.asarray(y.numpy(), np.float32)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        graph = self._graph(("forward", tuple(x.shape)), _Flat(self.torch.module, "forward"),
-                            (torch.from_numpy(np.ascontiguousarray(x, np.float32)),))
+        graph = self._graph(("forward", tuple(x.shape)), lambda: (
+            _Flat(self.torch.module, "forward"), (torch.from_numpy(np.ascontiguousarray(x, np.float32)),)))
         return self.to_numpy(self._run(graph, [self.to_native(x)])[0])
 
     def second_pass_native(self, y: Any) -> Any:
         if self.spec.second_pass is None:
             raise ValueError("this variant has no second pass (spec.second_pass is None)")
         shape = tuple(y.shape())
-        example = (torch.zeros(shape),)
-        graph = self._graph(("second_pass", shape), _Flat(self.torch.module, "second_pass"), example)
+        graph = self._graph(("second_pass", shape),
+                            lambda: (_Flat(self.torch.module, "second_pass"), (torch.zeros(shape),)))
         return self._run(graph, [y])[0]
 
     def init_state(self, batch: int) -> Any:
@@ -260,21 +261,29 @@ class OnnxEncoder(NumpyEncoder):
         key = ("step", x_shape, phase(state))
         if key in self._graphs:
             return self._graphs[key]
-        torch_state = map_arrays(lambda v: torch.from_numpy(v.numpy()), state)
-        x = torch.zeros(x_shape)
+        # The next state's tree (its counts) does not depend on the batch or the values: one stream of
+        # zeros finds it, where a copy of the whole state and a full-batch PyTorch step cost seconds
+        # at batch 64 (every state array leads with the batch)
+        one_stream = map_arrays(lambda v: torch.zeros((1, *v.shape()[1:]), dtype=_TORCH_DTYPES[v.data_type()]), state)
         with torch.inference_mode():
-            _, next_state = self.torch.module.step(x, torch_state)
+            _, next_state = self.torch.module.step(torch.zeros((1, *x_shape[1:])), one_stream)
         template = map_arrays(lambda _: _ARRAY, next_state)
-        return self._graph(key, _Flat(self.torch.module, "step", torch_state), (x, *array_leaves(torch_state)),
-                           template)
 
-    def _graph(self, key: tuple, module: _Flat, example: tuple, template: Any = None) -> Graph:
+        def export_args() -> tuple[_Flat, tuple]:
+            torch_state = map_arrays(lambda v: torch.from_numpy(v.numpy()), state)
+            return _Flat(self.torch.module, "step", torch_state), (torch.zeros(x_shape), *array_leaves(torch_state))
+
+        return self._graph(key, export_args, template)
+
+    def _graph(self, key: tuple, export_args: Callable[[], tuple[_Flat, tuple]], template: Any = None) -> Graph:
+        """The session of the graph `key` names: the cached export, or exported now from
+        `export_args()` (the module and example inputs, made only when exporting)."""
         if key in self._graphs:
             return self._graphs[key]
         float_path = cache_dir() / f"{self._file_key(key, 'float32')}.onnx"
         exported = not float_path.exists()
         if exported:
-            self._export(module, example, float_path)
+            self._export(*export_args(), float_path)
         path = float_path
         if self.dtype == "int8":
             path = cache_dir() / f"{self._file_key(key, 'int8')}.onnx"
