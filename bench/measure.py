@@ -1,8 +1,10 @@
 """One measurement: a (variant, framework, device, batch, chunk) in, one plain record out.
 
-`prepare()` builds a session and fills every column but the latencies; its `time_burst` times
-steps; `finish()` turns the step times of every round into the latency columns. A worker process
-runs the first two and the runner the last; `measure()` chains them in one process. Together they fill the analytic columns from the spec (the ground
+`prepare()` builds a session and fills every column but the latencies (its `warm` checks and warms
+it up, at once or when the runner asks: it builds several sessions at a time but runs steps in one
+at a time); its `time_burst` times steps; `finish()` turns the step times of every round into the
+latency columns. A worker process runs the first two and the runner the last; `measure()` chains
+them in one process. Together they fill the analytic columns from the spec (the ground
 truth), builds and compiles the step through the framework's adapter (imported only here, lazily),
 cross-checks the FLOP counters, times synchronised steps with the state threaded through, and
 derives real-time factor, throughput and the roofline. Anything that goes wrong after the

@@ -1,11 +1,20 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 # Correctness tests compile many small XLA programs; LLVM's optimisation passes dominate their
 # compile time and do not change results beyond float rounding. Benchmarks run without this.
 if "--benchmark-only" not in sys.argv:
     os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 sys.path.insert(0, os.path.dirname(__file__))
+
+# XLA's persistent compilation cache (bench.adapters.jax_adapter) in a folder of this session's own,
+# set before anything imports the adapter; the workers a test starts inherit it
+_XLA_CACHE = tempfile.mkdtemp(prefix="xla-cache-")
+atexit.register(shutil.rmtree, _XLA_CACHE, True)
+os.environ["BENCH_XLA_CACHE"] = _XLA_CACHE
 
 # Which device the model tests build on: the CPU unless scripts/device-check.sh asks for the accelerator
 # (BENCH_TEST_DEVICE=gpu|tpu). Float32 matmuls are pinned to true float32 in both frameworks, so the
@@ -17,6 +26,7 @@ def _pin_precision():
     import jax
     import torch
 
+    import bench.adapters.jax_adapter  # noqa: F401 (points XLA's compilation cache at _XLA_CACHE before any compile)
     from bench.adapters.torch_adapter import apply_precision
 
     jax.config.update("jax_default_matmul_precision", "highest")

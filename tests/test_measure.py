@@ -1,6 +1,7 @@
 """bench.measure: prepare -> bursts -> finish gives a complete record; failures are records, a missing device raises."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -174,6 +175,22 @@ def test_a_chunk_that_leaves_frames_in_a_buffer_compiles_every_phase_ahead():
     for _ in range(7):
         _, state = session.step(state)
     assert session._compiled == compiled_before
+
+
+def test_a_step_compiled_once_is_loaded_from_xlas_persistent_cache_by_the_next_session():
+    from bench.adapters import jax_adapter
+    from bench.machine import resolve_device
+
+    def session():
+        return jax_adapter.prepare(_tiny("conv_lower"), batch=3, chunk_frames=6, dtype="float32",
+                                   native_device=resolve_device("jax", "cpu"), mode="jit", seed=0,
+                                   precision="highest")
+
+    session()
+    again = session()
+    assert again.runtime_options.startswith(f"XLA persistent compilation cache {os.environ['BENCH_XLA_CACHE']}")
+    assert "program(s) loaded from it, 0 compiled" in again.runtime_options
+    assert not again.runtime_options.startswith(f"XLA persistent compilation cache {os.environ['BENCH_XLA_CACHE']}: 0")
 
 
 def test_prepare_then_bursts_then_finish_is_what_measure_chains(monkeypatch):

@@ -13,7 +13,7 @@ from variants.performer_features import orthogonal_features
 
 
 # Building the same model in both frameworks (as `bench run` does, one after the other) would draw
-# ~100M normals twice; the most recent ~1 GB of drawn arrays are kept. Arrays are never written to.
+# ~100M weights twice; the most recent ~1 GB of drawn arrays are kept. Arrays are never written to.
 _CACHE_BYTES = 1 << 30
 _cache: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 _cached_bytes = 0

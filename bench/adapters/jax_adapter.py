@@ -4,10 +4,16 @@ The step is `jax.jit(enc.step_fn, donate_argnums=2)` on the encoder's `params` a
 chunk, lowered and compiled before any timing, so `compile_s` holds the whole trace + XLA compile
 and no timed step compiles. The state is donated: each step consumes the state the previous one
 returned, never a buffer already passed.
+
+XLA's persistent compilation cache (BENCH_XLA_CACHE: a folder, default
+~/.cache/practical-conformer-bench/xla; "off" compiles every time) keeps compiled steps between
+runs, as the ONNX export cache keeps graphs: a later run's compile_s is the trace and a load. The
+record's runtime_options says how many programs came from it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import time
@@ -22,6 +28,33 @@ from bench import counters, profile, roofline
 from bench.adapters import build_encoder, random_frames, second_pass_segment
 from bench.machine import device_name
 from variants.state import MAX_PHASES, array_leaves, state_nbytes
+
+
+XLA_CACHE_ENV = "BENCH_XLA_CACHE"
+_cache_events = {"/jax/compilation_cache/cache_hits": 0, "/jax/compilation_cache/cache_misses": 0}
+
+
+def _count_cache_event(event: str, **_: Any) -> None:
+    if event in _cache_events:
+        _cache_events[event] += 1
+
+
+jax.monitoring.register_event_listener(_count_cache_event)
+
+
+def use_compile_cache() -> str | None:
+    """Point XLA's persistent compilation cache at BENCH_XLA_CACHE's folder (every program, however
+    quick to compile: the ladder's take 1-5 s each); the folder, or None when it is "off"."""
+    folder = os.environ.get(XLA_CACHE_ENV) or str(Path.home() / ".cache" / "practical-conformer-bench" / "xla")
+    if folder == "off":
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return folder
+
+
+# before anything compiles: JAX decides once per process whether it uses the cache
+COMPILE_CACHE = use_compile_cache()
 
 
 class JaxSession:
@@ -39,10 +72,14 @@ class JaxSession:
         self.params = enc.params
         self._jitted = jax.jit(enc.step_fn, donate_argnums=(2,))
         self._compiled: dict[Any, Any] = {}
+        before = dict(_cache_events)
         t0 = time.perf_counter()
         self._main = self._compile_for(self.initial_state())
         self._compile_phases()
         self.compile_s = time.perf_counter() - t0
+        hits, misses = (_cache_events[k] - before[k] for k in before)
+        self.runtime_options = (f"XLA persistent compilation cache {COMPILE_CACHE}: {hits} program(s) loaded from it, "
+                                f"{misses} compiled" if COMPILE_CACHE else "XLA persistent compilation cache off")
         self._single = len(self._compiled) == 1
 
     # ---- compile ---------------------------------------------------------------------------
