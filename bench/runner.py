@@ -338,11 +338,8 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                 for index, jobs in enumerate(plan.groups()):
                     group = _Group(jobs)
                     try:
-                        _t0=time.perf_counter()
                         _prepare(group, plan, settings, pool, known_peaks, bar, task)
-                        _t1=time.perf_counter()
                         _rounds(group, settings, pool, rng, bar, task)
-                        print('TRACE', jobs[0].framework, jobs[0].batch, 'prepare %.1f rounds %.1f' % (_t1-_t0, time.perf_counter()-_t1), file=sys.stderr)
                         if settings.profile:
                             _profile(group, settings, pool, bar, task)
                     finally:  # an interrupted group still keeps every round it timed
