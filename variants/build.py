@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from variants.registry import resolve_spec
@@ -17,6 +18,8 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2}  # what parameters, activations and 
 QUANTIZED_DTYPES = {"int8": "float32"}
 QUANTIZED_FRAMEWORKS = ("onnxruntime",)
 DTYPES = (*DTYPE_BYTES, *QUANTIZED_DTYPES)
+# Where what is slow to make is kept between runs, a folder each: ONNX exports ("onnx"), XLA programs ("xla")
+CACHE_ROOT = Path.home() / ".cache" / "practical-conformer-bench"
 
 
 def activation_dtype(dtype: str) -> str:

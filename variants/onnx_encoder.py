@@ -36,6 +36,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from variants.build import CACHE_ROOT
 from variants.encoder import NumpyEncoder
 from variants.spec import EncoderSpec
 from variants.state import array_leaves, map_arrays, named_arrays, phase, with_arrays
@@ -75,7 +76,7 @@ class OrtDevice:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "practical-conformer-bench" / "onnx")
+    return Path(os.environ.get(CACHE_ENV) or CACHE_ROOT / "onnx")
 
 
 def usable_cores() -> int:
