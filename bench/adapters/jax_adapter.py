@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from bench import counters, profile, roofline
 from bench.adapters import build_encoder, random_frames, second_pass_segment
 from bench.machine import device_name
+from variants.build import CACHE_ROOT
 from variants.state import MAX_PHASES, array_leaves, state_nbytes
 
 
@@ -45,7 +46,7 @@ jax.monitoring.register_event_listener(_count_cache_event)
 def use_compile_cache() -> str | None:
     """Point XLA's persistent compilation cache at BENCH_XLA_CACHE's folder (every program, however
     quick to compile: the ladder's take 1-5 s each); the folder, or None when it is "off"."""
-    folder = os.environ.get(XLA_CACHE_ENV) or str(Path.home() / ".cache" / "practical-conformer-bench" / "xla")
+    folder = os.environ.get(XLA_CACHE_ENV) or str(CACHE_ROOT / "xla")
     if folder == "off":
         return None
     jax.config.update("jax_compilation_cache_dir", folder)
