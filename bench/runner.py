@@ -187,13 +187,20 @@ class WorkerPool:
         """Stop the workers of every (framework, mode) no later group needs, freeing their memory (and,
         when shared, the device for the next framework)."""
         needed = {fw for fw, _ in remaining} if self.shared else remaining
-        for key in [k for k in self._workers if (k[2] if self.shared else (k[2], k[3])) not in needed]:
-            self._workers.pop(key).close()
+        _close_all([self._workers.pop(k) for k in list(self._workers)
+                    if (k[2] if self.shared else (k[2], k[3])) not in needed])
 
     def close(self) -> None:
-        for worker in self._workers.values():
-            worker.close()
+        _close_all(list(self._workers.values()))
         self._workers.clear()
+
+
+def _close_all(workers: list[Worker]) -> None:
+    """Stop several workers, all asked first so that they end at once rather than one after another."""
+    for worker in workers:
+        worker.ask_to_exit()
+    for worker in workers:
+        worker.close()
 
 
 def override_columns(variant: str) -> dict[str, Any]:

@@ -163,6 +163,9 @@ class FakeWorker:
         lab.clock += float(times.sum()) + warmup * session["p50"] * scale
         return {"step_s": times.tolist()}
 
+    def ask_to_exit(self) -> None:
+        self.asked_to_exit = True
+
     def close(self) -> None:
         if not self.closed:
             self.closed, self.closed_at = True, len(self.lab.requests)

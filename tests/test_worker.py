@@ -79,6 +79,16 @@ def test_a_worker_that_hangs_is_killed_at_the_timeout(worker):
     assert worker.proc.poll() is not None  # killed, not left sleeping
 
 
+def test_workers_asked_to_exit_end_by_themselves_with_status_0():
+    from bench.runner import _close_all
+
+    workers = [Worker(f"gw-exit{i}", threads=1) for i in range(2)]
+    for w in workers:  # each has started and answers
+        assert w.request({"cmd": "drop", "key": "x"}, 30) == {}
+    _close_all(workers)
+    assert [w.proc.returncode for w in workers] == [0, 0]  # exited, not killed at the grace's end
+
+
 def test_a_plugin_the_worker_cannot_import_ends_it_with_the_reason(tmp_path):
     broken = tmp_path / "broken.py"
     broken.write_text("raise ImportError('this plugin is broken')\n")
