@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,15 @@ QUANTIZED_FRAMEWORKS = ("onnxruntime",)
 DTYPES = (*DTYPE_BYTES, *QUANTIZED_DTYPES)
 # Where what is slow to make is kept between runs, a folder each: ONNX exports ("onnx"), XLA programs ("xla")
 CACHE_ROOT = Path.home() / ".cache" / "practical-conformer-bench"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity): the thread count a runtime is given by
+    default, and what XLA's CPU client sizes its pool to."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def activation_dtype(dtype: str) -> str:

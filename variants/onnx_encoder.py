@@ -36,7 +36,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from variants.build import CACHE_ROOT
+from variants.build import CACHE_ROOT, usable_cores
 from variants.encoder import NumpyEncoder
 from variants.spec import EncoderSpec
 from variants.state import array_leaves, map_arrays, named_arrays, phase, with_arrays
@@ -77,13 +77,6 @@ class OrtDevice:
 
 def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or CACHE_ROOT / "onnx")
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 class _Flat(torch.nn.Module):
