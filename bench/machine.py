@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.schema import DEVICES, FRAMEWORKS
+from variants.build import usable_cores  # noqa: F401 (the harness's name for it)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("numpy", "jax", "jaxlib", "flax", "torch", "torch_xla", "fvcore", "onnx", "onnxscript", "onnxruntime")
@@ -262,15 +263,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-@lru_cache(maxsize=1)
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity), which is what XLA's CPU client sizes its pool to."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def cpu_clock_mhz() -> float | None:
