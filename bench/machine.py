@@ -330,6 +330,16 @@ def available_memory_bytes() -> int | None:
     return None
 
 
+def peak_rss_bytes() -> int | None:
+    """The most memory this process has held resident so far (its high-water mark), or None where unknown."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
 def load_average() -> float | None:
     """The 1-minute load average (None where the OS has none)."""
     try:

@@ -214,32 +214,38 @@ def override_columns(variant: str) -> dict[str, Any]:
     return {"base_variant": base, "overrides": cell, **{f"set_{k}": v for k, v in overrides.items()}}
 
 
-# Copies of the weights a worker holds (default 2: the initial copy it loads from and the framework's).
-# ONNX Runtime's also keeps the PyTorch model it exports from and, while exporting, the graph's constants.
-WEIGHT_COPIES = {"onnxruntime": 4}
-# A worker's own memory besides its model: the framework, its compiled programs, allocator slack
-# (a full-size JAX or PyTorch worker holds ~0.5-1 GiB before its weights on the reference machine).
-WORKER_OVERHEAD_BYTES = 1 << 30
+# What one worker holds at its peak, in copies of its weights and of its state at the group's batch,
+# on top of WORKER_BASE_BYTES (the framework and its compiled programs). Fitted to the peak resident
+# memory workers report (`worker_peak_rss_bytes`) in a quick run of the ladder on the reference machine,
+# rounded up: JAX and PyTorch held ~2 copies of the weights (the loaded one and the framework's) and
+# ~3 of the state (in, out, a step's activations); ONNX Runtime ~5 of the weights (the PyTorch model it
+# exports from, the graph's constants, the session's) and ~6 of the state at batch 64 (its arenas).
+WORKER_COPIES = {"jax": (2, 3), "torch": (2, 3), "onnxruntime": (6, 6)}  # (weights, state)
+WORKER_BASE_BYTES = 1 << 29  # measured 0.27-0.35 GiB besides weights and state
+
+
+def worker_memory_bytes(framework: str, weight_bytes: int, state_bytes: int) -> int:
+    """A rough upper estimate of the memory a worker holds at its peak, given its model's weights and its
+    state at the group's batch, in bytes: WORKER_BASE_BYTES and the framework's WORKER_COPIES of each
+    (about 20% above what workers held on the reference machine)."""
+    weight_copies, state_copies = WORKER_COPIES[framework]
+    return WORKER_BASE_BYTES + weight_copies * weight_bytes + state_copies * state_bytes
 
 
 def peak_memory_bytes(plan: RunPlan) -> tuple[int, list[Job]]:
-    """A rough upper estimate of the memory a run holds at once, and the group that needs it: every
-    worker of a group is alive together, each with its weights (WEIGHT_COPIES), its state at the group's batch three times over (in, out, and a
-    step's activations of the same order) and WORKER_OVERHEAD_BYTES. From the analytic counts, so it
-    is known before anything starts."""
+    """The most memory a run holds at once (every worker of a group is alive together), and that group.
+    From the analytic counts, so it is known before anything starts."""
     import variants
     from variants import analytic
 
     nbytes = DTYPE_BYTES[activation_dtype(plan.dtype)]
-    best: tuple[int, list[Job]] = (0, [])
-    for group in plan.groups():
-        total = 0
-        for job in group:
-            spec = variants.get(job.variant).spec
-            total += (WEIGHT_COPIES.get(job.framework, 2) * analytic.param_count(spec) * nbytes + 3 * analytic.state_bytes(spec, job.batch, nbytes)
-                      + WORKER_OVERHEAD_BYTES)
-        best = max(best, (total, group), key=lambda t: t[0])
-    return best
+
+    def need(job: Job) -> int:
+        spec = variants.get(job.variant).spec
+        return worker_memory_bytes(job.framework, analytic.param_count(spec) * nbytes,
+                                   analytic.state_bytes(spec, job.batch, nbytes))
+
+    return max(((sum(map(need, group)), group) for group in plan.groups()), key=lambda t: t[0], default=(0, []))
 
 
 def job_identity(job: Job, plan: RunPlan) -> dict[str, Any]:
