@@ -98,6 +98,8 @@ def _user_errors() -> Iterator[None]:
     become one line on stderr and exit 2."""
     try:
         yield
+    except BrokenPipeError:  # stdout's reader went away (`bench list | head`): click ends quietly, exit 1
+        raise
     except OSError as e:
         _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
     except Exception as e:

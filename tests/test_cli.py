@@ -497,3 +497,15 @@ def test_cudagraphs_from_the_config_is_skipped_off_the_gpu_with_one_line(monkeyp
     skips = [line for line in result.stderr.splitlines() if "skipping" in line]
     assert skips == ["bench: skipping torch/cudagraphs on cpu: it replays CUDA graphs, which need --device gpu"]
     assert {(c["framework"], c["mode"]) for c in fake.calls} == {("torch", "eager")}
+
+
+def test_a_reader_that_stops_early_ends_the_listing_quietly():
+    """`bench list | head -1`: stdout is closed before bench writes; no error line, no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "from bench.cli import app; app()", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the interpreter has imported anything
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.decode().strip() == ""
