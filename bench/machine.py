@@ -331,13 +331,22 @@ def available_memory_bytes() -> int | None:
 
 
 def peak_rss_bytes() -> int | None:
-    """The most memory this process has held resident so far (its high-water mark), or None where unknown."""
+    """The most memory this process has held resident so far (its high-water mark), or None where unknown.
+    Linux's VmHWM, which starts afresh at exec: getrusage's ru_maxrss keeps the parent's peak in a
+    child started by vfork (as subprocess does), e.g. a test process's 3 GB in a 0.3 GB worker."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:  # Windows
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, others KiB
 
 
 def load_average() -> float | None:

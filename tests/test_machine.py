@@ -92,3 +92,14 @@ def test_tpu_names_agree_between_jax_kinds_and_cloud_accelerator_types():
                                        ("TPU v5", "v5p-8")):
         assert machine.TPU_NAMES.get(jax_kind, jax_kind) == machine.tpu_name_from_accelerator_type(accelerator_type)
     assert machine.tpu_name_from_accelerator_type(None) is None
+
+
+def test_a_child_reports_its_own_peak_memory_not_its_parents():
+    """ru_maxrss carries the parent's peak into a child started by vfork; the worker's column must not."""
+    import numpy as np
+
+    held = np.ones(1 << 27)  # 1 GiB resident in this process while it starts the child
+    child = subprocess.run([sys.executable, "-c", "from bench.machine import peak_rss_bytes; print(peak_rss_bytes())"],
+                           capture_output=True, text=True, check=True)
+    assert held.sum() > 0 and 1 << 20 < int(child.stdout) < 1 << 29
+    assert machine.peak_rss_bytes() > 1 << 30  # this process's own peak includes what it holds
