@@ -216,18 +216,19 @@ def override_columns(variant: str) -> dict[str, Any]:
 
 # What one worker holds at its peak, in copies of its weights and of its state at the group's batch,
 # on top of WORKER_BASE_BYTES (the framework and its compiled programs). Fitted to the peak resident
-# memory workers report (`worker_peak_rss_bytes`) in a quick run of the ladder on the reference machine,
-# rounded up: JAX and PyTorch held ~2 copies of the weights (the loaded one and the framework's) and
-# ~3 of the state (in, out, a step's activations); ONNX Runtime ~5 of the weights (the PyTorch model it
-# exports from, the graph's constants, the session's) and ~6 of the state at batch 64 (its arenas).
-WORKER_COPIES = {"jax": (2, 3), "torch": (2, 3), "onnxruntime": (6, 6)}  # (weights, state)
+# memory workers report (`worker_peak_rss_bytes`) in five quick runs of the ladder on the reference
+# machine (2026-11-27), rounded up: JAX and PyTorch held ~2 copies of the weights (the loaded one and
+# the framework's) and ~3 of the state (in, out, a step's activations), JAX one more (the initial state
+# it copies from); ONNX Runtime ~5 of the weights (the PyTorch model it exports from, the graph's
+# constants, the session's) and ~6 of the state at batch 64 (its arenas).
+WORKER_COPIES = {"jax": (2, 4), "torch": (2, 3), "onnxruntime": (6, 6)}  # (weights, state)
 WORKER_BASE_BYTES = 1 << 29  # measured 0.27-0.35 GiB besides weights and state
 
 
 def worker_memory_bytes(framework: str, weight_bytes: int, state_bytes: int) -> int:
     """A rough upper estimate of the memory a worker holds at its peak, given its model's weights and its
     state at the group's batch, in bytes: WORKER_BASE_BYTES and the framework's WORKER_COPIES of each
-    (about 20% above what workers held on the reference machine)."""
+    (11-52% above the most that each held in five quick runs on the reference machine)."""
     weight_copies, state_copies = WORKER_COPIES[framework]
     return WORKER_BASE_BYTES + weight_copies * weight_bytes + state_copies * state_bytes
 
