@@ -31,7 +31,10 @@ from variants.build import usable_cores  # noqa: F401 (the harness's name for it
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("numpy", "jax", "jaxlib", "flax", "torch", "torch_xla", "fvcore", "onnx", "onnxscript", "onnxruntime")
 THREAD_COUNT_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")  # what sizes a thread pool
-THREAD_ENV_VARS = (*THREAD_COUNT_VARS, "XLA_FLAGS")  # recorded in a run's metadata
+# How OpenMP threads (PyTorch's) wait at a barrier: spinning by default, which is fastest on a quiet
+# machine and far slower beside a busy process; the user's choice, recorded with the thread counts.
+OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
+THREAD_ENV_VARS = (*THREAD_COUNT_VARS, OMP_WAIT_POLICY, "GOMP_SPINCOUNT", "XLA_FLAGS")  # recorded in a run's metadata
 # Set in every worker (unless the user set it): several workers share one GPU (a variant each, both
 # frameworks), and JAX would otherwise take 75% of its memory in the first one to start.
 WORKER_DEVICE_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}

@@ -10,6 +10,7 @@ dies or hangs fails its own record; the group and the run go on.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sys
 import threading
@@ -125,7 +126,12 @@ def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False
         return None
     causes = []
     if busy:
-        causes.append("other processes were using the CPU when the run started")
+        cause = "other processes were using the CPU when the run started"
+        if any(r.get("framework") == "torch" for r, _, _ in wide) and not os.environ.get(machine.OMP_WAIT_POLICY):
+            # PyTorch's OpenMP threads spin at every barrier: beside one busy process its b=1 steps ran
+            # 2-37x slow on the reference VM, and 0.9-1.1x of quiet with passive waiting (README)
+            cause += f" (PyTorch rows: {machine.OMP_WAIT_POLICY}=PASSIVE makes its threads wait without spinning)"
+        causes.append(cause)
     if any(too_few for _, _, too_few in wide):
         causes.append(f"fewer than {stats.MIN_ROUNDS_FOR_INTERVAL} rounds (raise [measure] rounds)")
     if any(r.get("timing_capped") for r, _, _ in wide):

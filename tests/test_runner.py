@@ -349,7 +349,8 @@ def _ok(variant, p50=10.0, lo=9.9, hi=10.1, **extra):
             "latency_ms_p50_ci_low": lo, "latency_ms_p50_ci_high": hi, "rounds": 10, **extra}
 
 
-def test_the_noise_line_names_only_the_wide_rows_and_the_likely_cause():
+def test_the_noise_line_names_only_the_wide_rows_and_the_likely_cause(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     records = [_ok("baseline"), _ok("practical", 4.0, 3.0, 5.0, load_avg_1m=3.5, usable_cores=2),
                _ok("conv_lower", speedup_vs_baseline=2.0, speedup_ci_low=1.5, speedup_ci_high=2.1),
                {"variant": "performer", "framework": "jax", "batch": 1, "status": "failed"}]
@@ -359,6 +360,9 @@ def test_the_noise_line_names_only_the_wide_rows_and_the_likely_cause():
     assert "baseline" not in line and "performer" not in line
     assert "other processes were using the CPU" in line
     assert "other processes" not in runner.noise_line(records)  # only what was busy before the run counts
+    assert "OMP_WAIT_POLICY" not in line  # no PyTorch row among the wide ones
+    torch_row = _ok("practical", 4.0, 3.0, 5.0) | {"framework": "torch"}
+    assert "PyTorch rows: OMP_WAIT_POLICY=PASSIVE" in runner.noise_line([torch_row], busy=True)
     assert runner.noise_line([_ok("baseline")]) is None
     assert "CPU clock changed" in runner.noise_line(records[1:2], clock_changed=True)
     assert "max_time_s" in runner.noise_line([_ok("practical", 4.0, 3.0, 5.0, timing_capped=True)])
