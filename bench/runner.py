@@ -128,8 +128,8 @@ def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False
     if busy:
         cause = "other processes were using the CPU when the run started"
         if any(r.get("framework") == "torch" for r, _, _ in wide) and not os.environ.get(machine.OMP_WAIT_POLICY):
-            # PyTorch's OpenMP threads spin at every barrier: beside one busy process its b=1 steps ran
-            # 2-37x slow on the reference VM, and 0.9-1.1x of quiet with passive waiting (README)
+            # PyTorch's OpenMP threads spin at every barrier: beside one busy process its steps ran
+            # 15-41x slow on the reference VM; at b=1, 0.94-1.06x of quiet with passive waiting (README)
             cause += f" (PyTorch rows: {machine.OMP_WAIT_POLICY}=PASSIVE makes its threads wait without spinning)"
         causes.append(cause)
     if any(too_few for _, _, too_few in wide):
