@@ -321,29 +321,29 @@ def busy_cores(seconds: float = 0.5) -> float | None:
     return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
 
 
-def available_memory_bytes() -> int | None:
-    """Memory the kernel says new work can take without swapping (MemAvailable), or None where unreadable."""
+def _proc_kib(path: str, field: str) -> int | None:
+    """A "Field:  123 kB" line of a /proc file, in bytes, or None where unreadable (no /proc)."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the kernel says new work can take without swapping (MemAvailable), or None where unreadable."""
+    return _proc_kib("/proc/meminfo", "MemAvailable")
+
+
 def peak_rss_bytes() -> int | None:
     """The most memory this process has held resident so far (its high-water mark), or None where unknown.
     Linux's VmHWM, which starts afresh at exec: getrusage's ru_maxrss keeps the parent's peak in a
     child started by vfork (as subprocess does), e.g. a test process's 3 GB in a 0.3 GB worker."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    if (peak := _proc_kib("/proc/self/status", "VmHWM")) is not None:
+        return peak
     try:
         import resource
     except ImportError:  # Windows
