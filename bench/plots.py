@@ -8,6 +8,7 @@ leaks into pyplot's registry. Each variant keeps one colour in every figure (its
 from __future__ import annotations
 
 import math
+import textwrap
 from functools import wraps
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -354,7 +355,9 @@ def roofline(df: pd.DataFrame) -> Figure | None:
             ax.annotate(f"{bandwidth / 1e9:.3g} GB/s", (x_label, bandwidth * x_label / 1e9), xytext=(-3, 3),
                         textcoords="offset points", ha="right", va="bottom", fontsize=5.5, color="0.3")
             if "peaks_source" in pts and pts["peaks_source"].notna().any():
-                ax.annotate(f"roofs measured with {pts['peaks_source'].dropna().iloc[0]}", (0.01, 0.01),
+                # wrapped: a long source (a GPU's name, its kernels) would otherwise widen the figure
+                note = textwrap.fill(f"roofs measured with {pts['peaks_source'].dropna().iloc[0]}", 70)
+                ax.annotate(note, (0.01, 0.01),
                             xycoords="axes fraction", fontsize=4.5, color="0.4", va="bottom")
         else:
             ax.annotate("machine peak and bandwidth not recorded", (0.02, 0.95), xycoords="axes fraction",

@@ -56,6 +56,18 @@ def test_roofs_come_from_the_peaks_bench_measure_records():
     assert plots.machine_roofs(records()) == {"cpu": (5e10, 1e10)}
 
 
+def test_a_long_roofs_source_does_not_widen_the_roofline():
+    """A GPU's peaks source (its name and kernels) once ran past the axes and squeezed the plot."""
+    def drawn_width(source):
+        fig = plots.roofline(records().assign(peaks_source=source))
+        renderer = fig.canvas.get_renderer()
+        return fig.get_tightbbox(renderer).width
+
+    gpu = ("jax on NVIDIA H100 80GB HBM3: 8192^2 float32 matmul, 256 MiB elementwise copy (read+write); "
+           "50 kernels per sync")
+    assert drawn_width(gpu) == pytest.approx(drawn_width("synthetic"), rel=0.02)
+
+
 def test_roofline_is_drawn_without_machine_numbers():
     fig = plots.roofline(records(peaks=False))
     assert fig is not None
