@@ -48,6 +48,9 @@ class MeasureSettings:
     warmup_rounds: int  # whole interleaved rounds run first and not kept (the first rounds after building run slow)
     min_time_s: float  # add rounds until every variant has this much timed step time...
     max_time_s: float  # ...unless the group's rounds have already taken this long
+    # ...and until every ratio the group reports (speedup over the baseline; in `bench ab`, head over
+    # base) has its 95% interval within +-interval_target of its estimate (0: no such target)
+    interval_target: float
     timeout_s: float  # a worker that does not answer one request (build, compile, a burst) within this fails
     prepare_workers: int  # workers that build and compile at once (before any timing; compile is mostly serial)
     counters: bool  # cross-check FLOPs with XLA / FlopCounterMode / fvcore (seconds per full-size model)
@@ -313,6 +316,7 @@ def _measure(reader: TableReader, base: MeasureSettings | None,
         warmup_rounds=reader.non_negative_int("warmup_rounds", default("warmup_rounds")),
         min_time_s=reader.number("min_time_s", default("min_time_s"), strict=False),
         max_time_s=reader.number("max_time_s", default("max_time_s")),
+        interval_target=reader.number("interval_target", default("interval_target"), strict=False),
         timeout_s=reader.number("timeout_s", default("timeout_s")),
         prepare_workers=reader.positive_int("prepare_workers", default("prepare_workers")),
         counters=reader.boolean("counters", default("counters")),

@@ -15,7 +15,7 @@ import random
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from bench import machine, measure, stats, table
@@ -434,11 +434,13 @@ def _peaks_key(job: Job, plan: RunPlan) -> tuple:
 
 def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: random.Random, bar, task) -> None:
     """Time every live job for a burst per round, in a fresh random order each round, until each has
-    at least `rounds` rounds and `min_time_s` of timed steps (or the group has used `max_time_s`).
-    The first `warmup_rounds` rounds run the same way but are not kept."""
+    at least `rounds` rounds and `min_time_s` of timed steps, and every ratio the group reports is
+    within `interval_target` (or the group has used `max_time_s`). The first `warmup_rounds` rounds
+    run the same way but are not kept."""
     start = time.perf_counter()
     group.order = []
     done = 0
+    next_check = settings.rounds  # the intervals are checked as the rounds grow by a quarter (bootstraps cost)
     warming_up = settings.warmup_rounds
     while group.alive:
         order = list(group.alive)
@@ -459,11 +461,36 @@ def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: ran
         if done < settings.rounds:
             continue
         enough = all(sum(map(sum, group.rounds[job])) >= settings.min_time_s for job in group.alive)
-        if enough:
-            break
+        if enough and done >= next_check:
+            next_check = done + max(1, done // 4)
+            if _within_target(group, settings.interval_target):
+                break
         if time.perf_counter() - start >= settings.max_time_s:
             group.capped = True
             break
+
+
+def _within_target(group: _Group, target: float) -> bool:
+    """Whether every ratio the group will report has its 95% interval within +-target (0: no target)."""
+    if not target:
+        return True
+    for a, b in _compared_pairs(group):
+        width = stats.ratio_interval(group.rounds[a], group.rounds[b]).half_width
+        if width is not None and width > target:
+            return False
+    return True
+
+
+def _compared_pairs(group: _Group) -> list[tuple[Job, Job]]:
+    """The live jobs whose ratios the group reports with an interval: each variant and its baseline
+    (table.baseline_pairs), and in `bench ab` each variant's two sides."""
+    job_of = {id(group.records[job]): job for job in group.alive}
+    pairs = [(job_of[id(base)], job_of[id(record)])
+             for base, record in table.baseline_pairs([group.records[job] for job in group.alive])]
+    sides: dict[Job, list[Job]] = {}
+    for job in group.alive:
+        sides.setdefault(replace(job, side=""), []).append(job)
+    return pairs + [(both[0], both[1]) for both in sides.values() if len(both) == 2]
 
 
 def _profile(group: _Group, settings: MeasureSettings, pool: WorkerPool, bar, task) -> None:

@@ -106,15 +106,19 @@ def fill_speedups(records: list[dict[str, Any]], rounds: Mapping[str, Sequence[S
         record[SPEEDUP] = float(value) if np.isfinite(value) else None
     if not rounds:
         return
-    baselines = {_setting(r): r for r in records if (r.get("base_variant") or r.get("variant")) == BASELINE
-                 and r.get(SPEEDUP)}
-    for record in records:
-        base = baselines.get(_setting(record))
-        base_rounds, own_rounds = (rounds.get(raw_key(r)) if r else None for r in (base, record))
-        if record.get(SPEEDUP) is None or base is record or not base_rounds or not own_rounds:
-            continue  # the baseline's own 1.00x is exact, not an estimate
-        interval = stats.ratio_interval(base_rounds, own_rounds)
-        record.update(speedup_ci_low=interval.low, speedup_ci_high=interval.high)
+    for base, record in baseline_pairs([r for r in records if r.get(SPEEDUP) is not None]):
+        base_rounds, own_rounds = rounds.get(raw_key(base)), rounds.get(raw_key(record))
+        if base_rounds and own_rounds:
+            interval = stats.ratio_interval(base_rounds, own_rounds)
+            record.update(speedup_ci_low=interval.low, speedup_ci_high=interval.high)
+
+
+def baseline_pairs(records: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """(baseline, record) for every record whose speedup has an interval: each non-baseline record with a
+    baseline in the same setting (the baseline's own 1.00x is exact, not an estimate)."""
+    baselines = {_setting(r): r for r in records if (r.get("base_variant") or r.get("variant")) == BASELINE}
+    return [(baselines[_setting(r)], r) for r in records
+            if _setting(r) in baselines and baselines[_setting(r)] is not r]
 
 
 def _setting(record: Mapping[str, Any]) -> tuple:

@@ -17,7 +17,7 @@ from bench.schema import DEFAULT_MODE, EXTRA_KEYS, RAW_STEP_KEY, RECORD_KEYS
 from tiny import tiny
 
 SETTINGS = MeasureSettings(profile=False, profile_steps=2, warmup_iterations=1, warmup_rounds=0, rounds=3, steps_per_round=2, round_warmup=1, min_time_s=0.0,
-                           max_time_s=1.0, timeout_s=60.0, prepare_workers=1, counters=True, second_pass=True,
+                           max_time_s=1.0, interval_target=0.0, timeout_s=60.0, prepare_workers=1, counters=True, second_pass=True,
                            roofline=True)
 QUICK = load_config().quick
 CASES = [("jax", "practical_cascade"), ("torch", "baseline"), ("onnxruntime", "practical_cascade")]  # performer +

@@ -16,7 +16,7 @@ from bench_fakes import FakeWorkers, install_clock
 
 # No extra time: exactly `rounds` rounds unless a test asks for more.
 SETTINGS = dataclasses.replace(load_config().quick, rounds=4, steps_per_round=3, round_warmup=0, warmup_rounds=0,
-                               min_time_s=0.0, max_time_s=1e6, timeout_s=5.0)
+                               min_time_s=0.0, max_time_s=1e6, interval_target=0.0, timeout_s=5.0)
 
 PLAN = runner.RunPlan(variants=("baseline", "practical"), frameworks=("jax", "torch"),
                       modes={"jax": ("jit",), "torch": ("eager", "compile")}, device="cpu", batches=(1, 64),
@@ -167,6 +167,32 @@ def test_rounds_go_on_past_rounds_until_every_variant_has_min_time(tmp_path, mon
     practical = raw["practical|jax|jit|cpu|1"]
     assert sum(map(sum, practical)) >= 0.2 > sum(map(sum, practical[:-1]))  # the first round that was enough
     assert all(r["timing_capped"] is False for r in recs.values())
+
+
+def test_rounds_go_on_until_every_speedup_interval_is_within_the_target(tmp_path, monkeypatch):
+    def rounds_and_widths(target):
+        lab = FakeWorkers(noise=0.25)
+        settings = dataclasses.replace(SETTINGS, rounds=6, interval_target=target, max_time_s=100.0)
+        _, recs = go(tmp_path / str(target), lab, plan(), settings, monkeypatch=monkeypatch)
+        widths = [max(r["speedup_ci_high"] / r["speedup_vs_baseline"] - 1, 1 - r["speedup_ci_low"] / r["speedup_vs_baseline"])
+                  for r in recs.values() if r["variant"] != "baseline"]
+        assert not any(r["timing_capped"] for r in recs.values())
+        return recs[("baseline", "jax", "jit", 1)]["rounds"], widths
+
+    plain_rounds, plain_widths = rounds_and_widths(0.0)
+    assert plain_rounds == 6 and max(plain_widths) > 0.08  # noisy steps: six rounds leave a wide interval
+    rounds, widths = rounds_and_widths(0.08)
+    assert rounds > 6 and max(widths) <= 0.08
+
+
+def test_in_bench_ab_each_variants_two_sides_are_a_compared_pair():
+    sides = (runner.Side("base", "/a"), runner.Side("head", None))
+    group = runner._Group(plan(variants=("baseline", "practical"), sides=sides).groups()[0])
+    group.records = {job: runner.job_identity(job, plan(sides=sides)) for job in group.jobs}
+    group.alive = list(group.jobs)
+    pairs = {(a.variant, a.side, b.variant, b.side) for a, b in runner._compared_pairs(group)}
+    assert pairs == {("baseline", "base", "practical", "base"), ("baseline", "head", "practical", "head"),
+                     ("baseline", "base", "baseline", "head"), ("practical", "base", "practical", "head")}
 
 
 def test_rounds_stop_at_max_time_and_say_so(tmp_path, monkeypatch):
