@@ -183,10 +183,12 @@ class OnnxEncoder(NumpyEncoder):
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION)
-        # ONNX Runtime's pool threads spin after a run by default; in a benchmark (or a server) where
-        # several sessions share the cores, an idle session's spinning threads slow the one running
-        # (seen: the ladder's ONNX Runtime rows 1.3-2x slow when timed in interleaved rounds)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # The pool's threads spin while a run lasts (its many small nodes each end at a barrier; parked
+        # threads made a step 10-30% slower) and stop when it returns: by default they go on spinning
+        # after a run, and where several sessions share the cores an idle session's spinning slows the
+        # one running (seen: the ladder's rows 1.3-2x slow when timed in interleaved rounds).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         return options
 
     def describe(self) -> str:
@@ -194,7 +196,7 @@ class OnnxEncoder(NumpyEncoder):
         provider = provider[0] if isinstance(provider, tuple) else provider
         quantised = f", int8 dynamic quantisation of {'/'.join(QUANTIZED_OPS)} weights" if self.dtype == "int8" else ""
         return (f"onnxruntime {ort.__version__} {provider}, intra_op_num_threads={self.threads}, "
-                f"graph_optimization_level={GRAPH_OPTIMIZATION}, no thread spinning, IO binding{quantised}; "
+                f"graph_optimization_level={GRAPH_OPTIMIZATION}, threads spin within a run only, IO binding{quantised}; "
                 f"opset {OPSET}")
 
     # ---- NumpyEncoder -------------------------------------------------------------------------
