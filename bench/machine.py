@@ -301,24 +301,63 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+def cpu_ticks() -> tuple[int, int, int] | None:
+    """(busy, total, steal) clock ticks of all the CPUs since boot, from /proc/stat's first line, or None
+    where unreadable. busy is what processes and interrupts used (user, nice, system, irq, softirq);
+    steal is what the hypervisor gave to other guests while this one had work (a VM's own noise)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    fields += [0] * (8 - len(fields))  # old kernels stop before steal
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq, sum(fields), steal
+
+
+def process_ticks(pid: int) -> int | None:
+    """Clock ticks of CPU (user + system) process `pid` has used, from /proc/<pid>/stat, or None where
+    unreadable (no /proc, or the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            after_name = f.read().rsplit(")", 1)[1].split()  # the name in parentheses may hold spaces
+        return int(after_name[11]) + int(after_name[12])  # fields 14 and 15: utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def busy_cores(seconds: float = 0.5) -> float | None:
     """Cores' worth of CPU time other processes used over the next `seconds` (from /proc/stat), or None
     where unreadable. Unlike the load average it does not remember a job that just ended."""
-    def ticks() -> tuple[int, int] | None:
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields) - idle, sum(fields)
-
-    before = ticks()
+    watch = CpuWatch(lambda: ())
     time.sleep(seconds)
-    after = ticks()
-    if before is None or after is None or after[1] == before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
+    return watch.stop().get("others_cpu_cores")
+
+
+class CpuWatch:
+    """What else ran on the CPU from its creation to `stop()`: the cores' worth of CPU time that processes
+    other than `own_pids()` used, and the share of the CPU time the hypervisor stole (Linux; {} where
+    /proc cannot be read). `own_pids` is asked at both ends: a process of ours that ends in between
+    leaves its CPU time counted as another's."""
+
+    def __init__(self, own_pids):
+        self._own_pids = own_pids
+        self._start = cpu_ticks()
+        self._own = self._own_ticks()
+
+    def _own_ticks(self) -> dict[int, int]:
+        ticks = {pid: process_ticks(pid) for pid in {os.getpid(), *self._own_pids()}}
+        return {pid: t for pid, t in ticks.items() if t is not None}
+
+    def stop(self) -> dict[str, float]:
+        end = cpu_ticks()
+        if self._start is None or end is None or end[1] <= self._start[1]:
+            return {}
+        busy, total, steal = (b - a for a, b in zip(self._start, end))
+        own_end = self._own_ticks()
+        own = sum(t - self._own.get(pid, 0) for pid, t in own_end.items())  # a process started since: all its time
+        cores = os.cpu_count() or 1  # /proc/stat counts every CPU, not only those this process may use
+        return {"others_cpu_cores": max(0.0, (busy - own) / total * cores), "cpu_steal_share": steal / total}
 
 
 def _proc_kib(path: str, field: str) -> int | None:

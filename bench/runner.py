@@ -83,6 +83,12 @@ class RunPlan:
         return [job for group in self.groups() for job in group]
 
 
+# Other processes' CPU (cores' worth) past which a run or a group's rounds count as busy, and the
+# share of CPU time stolen by the hypervisor past which the noise line names it.
+BUSY_CORES = 0.5
+STEAL_SHARE = 0.02
+
+
 @dataclass
 class RunSummary:
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -107,7 +113,7 @@ class RunSummary:
         """One line naming the rows whose 95% interval reaches further than +-10%, with the likely cause."""
         start, end = self.clock_mhz
         return noise_line(self.records, clock_changed=bool(start and end and abs(end / start - 1) > 0.05),
-                          busy=(self.busy_before or 0) > 0.5)
+                          busy=(self.busy_before or 0) >= BUSY_CORES)
 
 
 def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False, busy: bool = False) -> str | None:
@@ -125,13 +131,20 @@ def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False
     if not wide:
         return None
     causes = []
-    if busy:
-        cause = "other processes were using the CPU when the run started"
+    busy_rows = [r for r, _, _ in wide if (r.get("others_cpu_cores") or 0) >= BUSY_CORES]
+    if busy or busy_rows:
+        when = (["when the run started"] if busy else []) + (
+            [f"during the rounds of {len(busy_rows)} of them (up to "
+             f"{max(r['others_cpu_cores'] for r in busy_rows):.1f} cores)"] if busy_rows else [])
+        cause = "other processes were using the CPU " + " and ".join(when)
         if any(r.get("framework") == "torch" for r, _, _ in wide) and not os.environ.get(machine.OMP_WAIT_POLICY):
             # PyTorch's OpenMP threads spin at every barrier: beside one busy process its steps ran
             # 15-41x slow on the reference VM; at b=1, 0.94-1.06x of quiet with passive waiting (README)
             cause += f" (PyTorch rows: {machine.OMP_WAIT_POLICY}=PASSIVE makes its threads wait without spinning)"
         causes.append(cause)
+    stolen = [r["cpu_steal_share"] for r, _, _ in wide if (r.get("cpu_steal_share") or 0) >= STEAL_SHARE]
+    if stolen:
+        causes.append(f"the hypervisor took up to {max(stolen):.0%} of the CPU time (steal) during the rounds")
     if any(too_few for _, _, too_few in wide):
         causes.append(f"fewer than {stats.MIN_ROUNDS_FOR_INTERVAL} rounds (raise [measure] rounds)")
     if any(r.get("timing_capped") for r, _, _ in wide):
@@ -188,6 +201,10 @@ class WorkerPool:
                                      plugins=self.plan.plugins if side.plugins is None else side.plugins)
                 self._workers[key] = worker
             return worker
+
+    def pids(self) -> list[int]:
+        """The process ids of the live workers (what a group's CpuWatch counts as ours)."""
+        return [w.proc.pid for w in self._workers.values() if not w.dead and getattr(w, "proc", None) is not None]
 
     def retire(self, remaining: set[tuple[str, str]]) -> None:
         """Stop the workers of every (framework, mode) no later group needs, freeing their memory (and,
@@ -302,6 +319,7 @@ class _Group:
         self.alive: list[Job] = []
         self.order: list[list[Job]] = []  # the order each round ran in
         self.capped = False  # the rounds stopped at max_time_s before min_time_s was reached
+        self.cpu: dict[str, float] = {}  # what else used the CPU during the rounds (machine.CpuWatch)
         self.profiles: dict[Job, dict[str, Any]] = {}  # the raw profile of each profiled job (classes, ops)
 
     def ask(self, pool: "WorkerPool", job: Job, request: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
@@ -359,7 +377,11 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                     group = _Group(jobs)
                     try:
                         _prepare(group, plan, settings, pool, known_peaks, bar, task)
-                        _rounds(group, settings, pool, rng, bar, task)
+                        watch = machine.CpuWatch(pool.pids)
+                        try:
+                            _rounds(group, settings, pool, rng, bar, task)
+                        finally:
+                            group.cpu = watch.stop()
                         if settings.profile:
                             _profile(group, settings, pool, bar, task)
                     finally:  # an interrupted group still keeps every round it timed
@@ -522,6 +544,7 @@ def _finish(group: _Group, settings: MeasureSettings) -> dict[Job, dict[str, Any
         if record.get("status") == "prepared":
             record = measure.finish(record, group.rounds[job], settings, group.device_s[job])
             record["timing_capped"] = group.capped
+            record.update(group.cpu)
         elif record.get("status") != "ok":
             record = {**record, "status": "failed"}
         out[job] = record

@@ -103,3 +103,39 @@ def test_a_child_reports_its_own_peak_memory_not_its_parents():
                            capture_output=True, text=True, check=True)
     assert held.sum() > 0 and 1 << 20 < int(child.stdout) < 1 << 29
     assert machine.peak_rss_bytes() > 1 << 30  # this process's own peak includes what it holds
+
+
+@pytest.mark.skipif(machine.cpu_ticks() is None, reason="no /proc/stat")
+def test_a_cpu_watch_counts_another_process_but_not_ours():
+    """Two watches over the same spell: one counts a busy child as another process's work, the other
+    (the child's pid among its own) does not; the difference is the child's CPU time."""
+    import time
+
+    spin = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass\nprint(1, flush=True)\nsys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        start = time.perf_counter()
+        others = machine.CpuWatch(lambda: ())
+        ours = machine.CpuWatch(lambda: (child.pid,))
+        assert child.stdout.readline() == b"1\n"  # it has spun its 0.5 s of CPU and waits, still alive
+        seen_others, seen_ours = others.stop(), ours.stop()
+        elapsed = time.perf_counter() - start
+    finally:
+        child.kill()
+        child.wait()
+    child_cores = seen_others["others_cpu_cores"] - seen_ours["others_cpu_cores"]
+    assert 0.35 <= child_cores * elapsed <= 0.6  # the child's 0.5 s of CPU, to the clock tick
+    assert 0.0 <= seen_ours["cpu_steal_share"] < 1.0
+
+
+@pytest.mark.skipif(machine.cpu_ticks() is None, reason="no /proc/stat")
+def test_process_ticks_grow_with_the_cpu_a_process_uses():
+    import os
+    import time
+
+    before = machine.process_ticks(os.getpid())
+    t = time.process_time()
+    while time.process_time() - t < 0.2:
+        pass
+    assert machine.process_ticks(os.getpid()) - before >= 0.15 * os.sysconf("SC_CLK_TCK")  # 0.2 s, to the tick
+    assert machine.process_ticks(2**31 - 1) is None  # no such process

@@ -385,7 +385,7 @@ def test_the_noise_line_names_only_the_wide_rows_and_the_likely_cause(monkeypatc
     assert "practical jax b=1 (+-25%)" in line and "conv_lower jax b=1 (+-25%)" in line
     assert "baseline" not in line and "performer" not in line
     assert "other processes were using the CPU" in line
-    assert "other processes" not in runner.noise_line(records)  # only what was busy before the run counts
+    assert "other processes" not in runner.noise_line(records)  # a load average alone is not a busy machine
     assert "OMP_WAIT_POLICY" not in line  # no PyTorch row among the wide ones
     torch_row = _ok("practical", 4.0, 3.0, 5.0) | {"framework": "torch"}
     assert "PyTorch rows: OMP_WAIT_POLICY=PASSIVE" in runner.noise_line([torch_row], busy=True)
@@ -440,3 +440,30 @@ def test_profiling_after_the_rounds_adds_the_classes_and_keeps_every_op_in_the_f
     assert not results.profile_path(tmp_path, by_variant["conv_lower"]).exists()
     cmds = [cmd for _, cmd, _ in lab.requests]
     assert cmds.index("profile") > max(i for i, c in enumerate(cmds) if c == "time")  # after every round
+
+
+def test_each_record_says_what_else_used_the_cpu_during_its_groups_rounds(tmp_path, monkeypatch):
+    class Busy:  # what machine.CpuWatch would report with another process spinning on one core
+        def __init__(self, own_pids):
+            self.pids = own_pids
+
+        def stop(self):
+            return {"others_cpu_cores": 1.0, "cpu_steal_share": 0.03}
+
+    monkeypatch.setattr(runner.machine, "CpuWatch", Busy)
+    _, records = go(tmp_path, FakeWorkers())
+    assert {(r["others_cpu_cores"], r["cpu_steal_share"]) for r in records.values()} == {(1.0, 0.03)}
+
+
+def test_the_noise_line_names_other_processes_and_steal_during_the_rounds(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    quiet = _ok("practical", 4.0, 3.0, 5.0, others_cpu_cores=0.1, cpu_steal_share=0.0)
+    assert "other processes" not in runner.noise_line([quiet]) and "steal" not in runner.noise_line([quiet])
+    busy = _ok("practical", 4.0, 3.0, 5.0, others_cpu_cores=1.04, cpu_steal_share=0.0) | {"framework": "torch"}
+    line = runner.noise_line([busy, quiet])
+    assert "other processes were using the CPU during the rounds of 1 of them (up to 1.0 cores)" in line
+    assert "OMP_WAIT_POLICY=PASSIVE" in line
+    both = runner.noise_line([busy], busy=True)
+    assert "when the run started and during the rounds of 1 of them" in both
+    stolen = runner.noise_line([_ok("practical", 4.0, 3.0, 5.0, cpu_steal_share=0.07)])
+    assert "the hypervisor took up to 7% of the CPU time (steal)" in stolen
