@@ -184,17 +184,25 @@ class Prepared:
         """`steps` steps under the framework's profiler: the record's profile columns
         (bench.profile.summarize, scaled to the median of the steps this session timed, which is the
         record's p50; `steps` more are timed first when it timed none) and the raw profile for the run
-        folder: every op, and each class beside its bounds (bench.profile.class_table)."""
+        folder: every op, and each class beside its bounds (bench.profile.class_table). Where the
+        adapter splits a step without a profiler (`profile_classes`), `steps` more steps give the classes."""
         import statistics
 
         if not self.timed_s:
             self.time_burst(steps)
         ops, wall_s, self.state = self.session.profile_ops(self.state, steps)
+        # where the adapter can split a step without a profiler (PyTorch on a CPU), the classes come
+        # from that split: a profiler's per-op cost falls unevenly on the classes
+        split = getattr(self.session, "profile_classes", lambda state, n: None)(self.state, steps)
+        segments, split_wall_s = (ops, wall_s) if split is None else split[:2]
+        if split is not None:
+            self.state = split[2]
         r = self.record
         bounds = profile.class_bounds(self.session.encoder.spec, r["batch"], r["chunk_frames"],
                                       DTYPE_BYTES[activation_dtype(r["dtype"])])
-        columns = profile.summarize(ops, wall_s, steps, statistics.median(self.timed_s), bounds,
+        columns = profile.summarize(segments, split_wall_s, steps, statistics.median(self.timed_s), bounds,
                                     r.get("peak_flops_per_s"), r.get("peak_bytes_per_s"))
+        columns["profile_ops_per_step"] = len(ops) / steps
         columns["profile_source"] = self.session.profile_source
         raw = {"classes": profile.class_table(bounds, columns, r["dtype"], r.get("precision") or PRECISIONS[0]),
                "ops": profile.raw_ops(ops)}

@@ -95,3 +95,26 @@ def test_int8_matmuls_take_the_class_of_the_layer_whose_weights_they_read(monkey
     _, ops = _profiled(_conv_only(), "onnxruntime", dtype="int8")
     quantised = [op for op in ops if op["name"] in ("DynamicQuantizeMatMul", "MatMulInteger")]
     assert quantised and {op["class"] for op in quantised} == {"ffn", "conv", "time_reduction"}
+
+
+def test_a_module_clock_gives_each_moment_to_the_innermost_module(monkeypatch):
+    from bench.adapters import torch_adapter
+
+    ticks = iter([0.0, 1.0, 2.0, 5.0, 6.0])  # created; mhsa called; qkv called; qkv returns; mhsa returns
+    monkeypatch.setattr(torch_adapter.time, "perf_counter", lambda: next(ticks))
+    clock = torch_adapter.ModuleClock()
+    qkv = clock.around(lambda: "y", "blocks.1.mhsa.qkv")
+    mhsa = clock.around(lambda: qkv(), "blocks.1.mhsa")
+    assert mhsa() == "y"
+    assert [(op.path, op.start_s, op.end_s) for op in clock.segments] == [
+        ("blocks.1.mhsa", 1.0, 2.0), ("blocks.1.mhsa.qkv", 2.0, 5.0), ("blocks.1.mhsa", 5.0, 6.0)]
+    seconds = attribute(clock.segments, wall_s=7.0)  # 0-1 and 6-7: the step's own code, outside any module
+    assert seconds["attn_state"] == 2.0 and seconds["attn_proj"] == 3.0 and seconds["outside_ops"] == 1.0 + 1.0
+
+
+def test_pytorch_on_a_cpu_splits_its_step_by_a_module_clock_and_keeps_the_profilers_ops(monkeypatch):
+    monkeypatch.delenv("BENCH_WORKER", raising=False)
+    columns, ops = _profiled(tiny(variants.get("practical").spec), "torch")
+    assert columns["profile_source"].startswith("classes: a module clock")
+    assert ops and {op["name"] for op in ops} != {"module"}  # the raw ops are torch.profiler's aten ops
+    assert columns["profile_ops_per_step"] == len(ops) / columns["profile_steps"]

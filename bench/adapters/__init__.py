@@ -34,6 +34,9 @@ class Session(Protocol):
     def second_pass_step(self) -> Callable[[], Any] | None: ...  # encodes one segment, synchronised
     profile_source: str  # which profiler `profile_ops` uses, for reports
     def profile_ops(self, state: Any, steps: int) -> tuple[list, float, Any]: ...  # bench.profile.Op list, wall s, state
+    # Optional: the same split without a profiler where the adapter can time its modules directly
+    # (PyTorch eager on a CPU: bench.adapters.torch_adapter.ModuleClock); None where it cannot
+    def profile_classes(self, state: Any, steps: int) -> tuple[list, float, Any] | None: ...
 
 
 def load(framework: str):

@@ -121,31 +121,65 @@ SCOPE = "module:"  # torch.profiler ranges that name a module path
 
 
 @contextlib.contextmanager
-def _module_ranges(root: torch.nn.Module):
-    """Run the submodules' forward and step inside record_function ranges named by their paths (the
-    instance attributes shadow the class's methods, and are removed again on exit). Every range costs
-    time, so a leaf module of its parent's class gets none."""
+def _wrapped_modules(root: torch.nn.Module, around: Callable[[Callable, str], Callable]):
+    """Run the submodules' forward and step through `around(method, path)` (the instance attributes
+    shadow the class's methods, and are removed again on exit). Every wrapper costs time, so a leaf
+    module of its parent's class gets none."""
     wrapped = []
-
-    def scoped(method, name):
-        def run(*args, **kwargs):
-            with torch.profiler.record_function(SCOPE + name):
-                return method(*args, **kwargs)
-        return run
-
     for name, module in root.named_modules():
         parent = name.rpartition(".")[0]
         if not name or (not list(module.children()) and profile.op_class(name) == profile.op_class(parent)):
-            continue  # a leaf of its parent's class (an FFN's Dense): the parent's range names it, at less cost
+            continue  # a leaf of its parent's class (an FFN's Dense): the parent's wrapper names it, at less cost
         for attr in ("forward", "step"):
             if hasattr(type(module), attr) and attr not in vars(module):
-                setattr(module, attr, scoped(getattr(module, attr), name))
+                setattr(module, attr, around(getattr(module, attr), name))
                 wrapped.append((module, attr))
     try:
         yield
     finally:
         for module, attr in wrapped:
             delattr(module, attr)
+
+
+def _module_ranges(root: torch.nn.Module):
+    """Each submodule's calls inside a torch.profiler range named by its path."""
+    def scoped(method, name):
+        def run(*args, **kwargs):
+            with torch.profiler.record_function(SCOPE + name):
+                return method(*args, **kwargs)
+        return run
+
+    return _wrapped_modules(root, scoped)
+
+
+class ModuleClock:
+    """The time of a step split by the innermost module running, from `time.perf_counter` at every
+    module call and return: flat segments (bench.profile.Op, named "module"), never two at once. On
+    a CPU an eager op returns once computed, so each segment is that module's own work; a wrapper
+    costs about a microsecond, where torch.profiler's per-op cost stretched the many small ops of the
+    attention state 1.4-2.8x at batch 64 and so took time from the FFN once scaled to the step."""
+
+    def __init__(self):
+        self.segments: list[profile.Op] = []
+        self._paths = [""]  # the step's own code outside any submodule: no segment (outside_ops)
+        self._since = time.perf_counter()
+
+    def _cut(self) -> None:
+        now = time.perf_counter()
+        if self._paths[-1]:
+            self.segments.append(profile.Op("module", self._paths[-1], self._since, now))
+        self._since = now
+
+    def around(self, method: Callable, name: str) -> Callable:
+        def run(*args, **kwargs):
+            self._cut()
+            self._paths.append(name)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._cut()
+                self._paths.pop()
+        return run
 
 
 def apply_precision(precision: str, device: Any) -> str:
@@ -260,7 +294,12 @@ class TorchSession:
     def second_pass_step(self) -> Callable[[], Any] | None:
         return second_pass_segment(self.encoder, self.batch, self.sync)
 
-    profile_source = "torch.profiler on the eager step: top-level aten ops, module paths from record_function ranges"
+    @property
+    def profile_source(self) -> str:
+        ops = "torch.profiler on the eager step: top-level aten ops, module paths from record_function ranges"
+        if self.native_device.type != "cpu":
+            return ops
+        return f"classes: a module clock on the eager step (time.perf_counter at each module call); ops: {ops}"
 
     def profile_ops(self, state, steps: int) -> tuple[list[profile.Op], float, Any]:
         """`steps` synchronised eager steps under torch.profiler, each module's calls in a range named
@@ -284,6 +323,20 @@ class TorchSession:
             path = parent.name[len(SCOPE):] if parent is not None else ""
             ops.append(profile.Op(event.name, path, event.time_range.start / 1e6, event.time_range.end / 1e6))
         return ops, wall_s, state
+
+    def profile_classes(self, state, steps: int) -> tuple[list[profile.Op], float, Any] | None:
+        """`steps` eager steps timed by a ModuleClock: segments of the innermost module running, their
+        wall time, and the state after them; None off the CPU (a GPU's ops return before they run)."""
+        if self.native_device.type != "cpu":
+            return None
+        clock = ModuleClock()
+        with _wrapped_modules(self.encoder.module, clock.around):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                y, state = self._eager(self.x, state)
+                self.sync((y, state))
+            wall_s = time.perf_counter() - t0
+        return clock.segments, wall_s, state
 
 
 def host_rates(dtype: str, n: int, nbytes: int) -> dict[str, float]:
