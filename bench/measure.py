@@ -190,13 +190,14 @@ class Prepared:
 
         if not self.timed_s:
             self.time_burst(steps)
-        ops, wall_s, self.state = self.session.profile_ops(self.state, steps)
         # where the adapter can split a step without a profiler (PyTorch on a CPU), the classes come
-        # from that split: a profiler's per-op cost falls unevenly on the classes
+        # from that split: a profiler's per-op cost falls unevenly on the classes. It runs first: the
+        # steps just after torch.profiler's ran up to 3x slow.
         split = getattr(self.session, "profile_classes", lambda state, n: None)(self.state, steps)
-        segments, split_wall_s = (ops, wall_s) if split is None else split[:2]
         if split is not None:
             self.state = split[2]
+        ops, wall_s, self.state = self.session.profile_ops(self.state, steps)
+        segments, split_wall_s = (ops, wall_s) if split is None else split[:2]
         r = self.record
         bounds = profile.class_bounds(self.session.encoder.spec, r["batch"], r["chunk_frames"],
                                       DTYPE_BYTES[activation_dtype(r["dtype"])])
