@@ -193,7 +193,8 @@ class Prepared:
         # where the adapter can split a step without a profiler (PyTorch on a CPU), the classes come
         # from that split: a profiler's per-op cost falls unevenly on the classes. It runs first: the
         # steps just after torch.profiler's ran up to 3x slow.
-        split = getattr(self.session, "profile_classes", lambda state, n: None)(self.state, steps)
+        profile_classes = getattr(self.session, "profile_classes", None)
+        split = profile_classes(self.state, steps) if profile_classes else None
         if split is not None:
             self.state = split[2]
         ops, wall_s, self.state = self.session.profile_ops(self.state, steps)

@@ -204,7 +204,7 @@ class WorkerPool:
 
     def pids(self) -> list[int]:
         """The process ids of the live workers (what a group's CpuWatch counts as ours)."""
-        return [w.proc.pid for w in self._workers.values() if not w.dead and getattr(w, "proc", None) is not None]
+        return [w.pid for w in self._workers.values() if not w.dead and w.pid is not None]
 
     def retire(self, remaining: set[tuple[str, str]]) -> None:
         """Stop the workers of every (framework, mode) no later group needs, freeing their memory (and,

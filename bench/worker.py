@@ -65,6 +65,11 @@ class Worker:
         self._buffer = b""
         self.dead: str | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id (what the runner's CpuWatch counts as the run's own CPU time)."""
+        return self.proc.pid
+
     # ---- requests ------------------------------------------------------------------------------
     def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """Send one request and wait for its reply; WorkerDied when the worker ends or times out."""

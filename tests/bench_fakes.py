@@ -80,6 +80,7 @@ class FakeWorker:
     def __init__(self, worker_id: str, lab: FakeWorkers, *, plugins=(), variants_root=None):
         self.id, self.lab, self.plugins, self.variants_root = worker_id, lab, tuple(plugins), variants_root
         self.dead: str | None = None
+        self.pid = None  # no process of its own
         self.closed = False
         self.closed_at: int | None = None  # len(lab.requests) when closed
         self.sessions: dict[str, dict[str, Any]] = {}

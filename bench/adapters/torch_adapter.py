@@ -308,11 +308,7 @@ class TorchSession:
         from torch.profiler import ProfilerActivity, profile as torch_profile
 
         with _module_ranges(self.encoder.module), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                y, state = self._eager(self.x, state)
-                self.sync((y, state))
-            wall_s = time.perf_counter() - t0
+            wall_s, state = self._eager_steps(state, steps)
         ops = []
         for event in prof.events():
             if event.name.startswith(SCOPE):
@@ -331,12 +327,16 @@ class TorchSession:
             return None
         clock = ModuleClock()
         with _wrapped_modules(self.encoder.module, clock.around):
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                y, state = self._eager(self.x, state)
-                self.sync((y, state))
-            wall_s = time.perf_counter() - t0
+            wall_s, state = self._eager_steps(state, steps)
         return clock.segments, wall_s, state
+
+    def _eager_steps(self, state, steps: int) -> tuple[float, Any]:
+        """`steps` synchronised eager steps: their wall time and the state after them."""
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            y, state = self._eager(self.x, state)
+            self.sync((y, state))
+        return time.perf_counter() - t0, state
 
 
 def host_rates(dtype: str, n: int, nbytes: int) -> dict[str, float]:
