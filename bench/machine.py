@@ -381,6 +381,17 @@ def available_memory_bytes() -> int | None:
     return _proc_kib("/proc/meminfo", "MemAvailable")
 
 
+def minor_page_faults() -> int | None:
+    """Page faults this process has taken so far that the kernel served without I/O (fresh or reclaimed
+    pages: what a step that gets new memory from the kernel pays, zeroing each page), or None where
+    unknown."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def peak_rss_bytes() -> int | None:
     """The most memory this process has held resident so far (its high-water mark), or None where unknown.
     Linux's VmHWM, which starts afresh at exec: getrusage's ru_maxrss keeps the parent's peak in a

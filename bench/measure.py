@@ -23,6 +23,7 @@ batch x audio seconds per step / p50.
 from __future__ import annotations
 
 import math
+import statistics
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any, Mapping, Sequence
 
 from bench import profile, roofline, stats, timing
 from bench.config import MeasureSettings, load_config
-from bench.machine import DeviceUnavailableError, machine_info, peak_rss_bytes, resolve_device
+from bench.machine import DeviceUnavailableError, machine_info, minor_page_faults, peak_rss_bytes, resolve_device
 from bench.schema import DTYPE_BYTES, EXTRA_KEYS, PRECISIONS, RAW_STEP_KEY, RECORD_KEYS, activation_dtype
 from bench.worker import WORKER_ENV
 
@@ -107,6 +108,7 @@ class Prepared:
     state: Any = None
     timed_s: list[float] = field(default_factory=list)  # every step time_burst timed, in order
     device_s: list[float] | None = None  # the last burst's steps on the device's clock (CUDA events), if any
+    faults_per_step: float | None = None  # the last burst's minor page faults per step (None where unknown)
     notes: list[str] = field(default_factory=list)  # the record's warnings so far
 
     def warm(self, settings: MeasureSettings | Mapping[str, Any] | None = None,
@@ -170,6 +172,7 @@ class Prepared:
         self.record["measure_wall_s"] = (self.record.get("measure_wall_s") or 0.0) + time.perf_counter() - t_start
 
     def time_burst(self, steps: int, warmup: int = 0) -> list[float]:
+        faults = minor_page_faults()
         result = timing.time_steps(self.session.step, self.state, self.session.sync, warmup=warmup,
                                    min_iterations=steps, min_time_s=0.0, max_time_s=math.inf,
                                    device_timer=getattr(self.session, "device_timer", None))
@@ -178,6 +181,8 @@ class Prepared:
         self.state = result.state
         self.timed_s.extend(result.step_s)
         self.device_s = result.device_s
+        if faults is not None:
+            self.faults_per_step = (minor_page_faults() - faults) / (warmup + len(result.step_s))
         return list(result.step_s)
 
     def profile(self, steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -186,7 +191,6 @@ class Prepared:
         record's p50; `steps` more are timed first when it timed none) and the raw profile for the run
         folder: every op, and each class beside its bounds (bench.profile.class_table). Where the
         adapter splits a step without a profiler (`profile_classes`), `steps` more steps give the classes."""
-        import statistics
 
         if not self.timed_s:
             self.time_burst(steps)
@@ -276,15 +280,18 @@ def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int,
 
 
 def finish(record: Mapping[str, Any], rounds: Sequence[Sequence[float]], settings: MeasureSettings,
-           device_s: Sequence[float] = ()) -> dict[str, Any]:
+           device_s: Sequence[float] = (), faults_per_step: Sequence[float] = ()) -> dict[str, Any]:
     """The final record of a prepared measurement from its step times, one list per round (seconds):
     latency percentiles over every step, a 95% interval of the p50 over rounds, real-time factor,
     throughput and the roofline fraction; with `device_s` (the same steps on the device's clock, CUDA
-    events) their p50 and p90 too. Pure: no framework, nothing timed."""
+    events) their p50 and p90 too; with `faults_per_step` (each round's minor page faults per step)
+    their median. Pure: no framework, nothing timed."""
     record = dict(record)
     if device_s:
         device = stats.latency_stats(list(device_s))
         record.update(latency_ms_p50_device=device.latency_ms_p50, latency_ms_p90_device=device.latency_ms_p90)
+    if faults_per_step:
+        record["page_faults_per_step"] = statistics.median(faults_per_step)
     notes = [record["warnings"]] if record.get("warnings") else []
     steps = [t for burst in rounds for t in burst]
     if not steps:
@@ -325,13 +332,15 @@ def measure(variant, framework: str, device: str, batch: int, chunk_frames: int,
         return prepared.record | {RAW_STEP_KEY: []}
     rounds: list[list[float]] = []
     device_s: list[float] = []
+    faults: list[float] = []
     try:
         for _ in range(settings.rounds):
             rounds.append(prepared.time_burst(settings.steps_per_round, settings.round_warmup))
             device_s += prepared.device_s or []
+            faults += [prepared.faults_per_step] if prepared.faults_per_step is not None else []
     except Exception as e:  # noqa: BLE001 - a failed measurement is data
         return prepared.record | {"status": "failed", "error": one_line_error(e), RAW_STEP_KEY: []}
-    record = finish(prepared.record, rounds, settings, device_s)
+    record = finish(prepared.record, rounds, settings, device_s, faults)
     record[RAW_STEP_KEY] = [t for burst in rounds for t in burst]
     return record
 

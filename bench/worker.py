@@ -10,7 +10,8 @@ Requests: {"cmd": "prepare", "key": ..., "args": {...}} -> {"record": {...}} (th
 with "warm": false in args, only built and compiled, status "built", until
 {"cmd": "warm", "key": ..., "settings": {...}, "known_peaks": {...} | null} -> {"record": {...}});
 {"cmd": "time", "key": ..., "steps": n, "warmup": w} -> {"step_s": [...]} (and "device_s": [...], the same
-steps on the device's clock, where the session has one);
+steps on the device's clock, where the session has one; "faults_per_step", the burst's minor page faults
+per step, where the OS counts them);
 {"cmd": "profile", "key": ..., "steps": n} -> {"columns": {...}, "profile": {"classes": ..., "ops": [...]}}
 (bench.measure.Prepared.profile);
 {"cmd": "drop", "key": ...} -> {}; {"cmd": "exit"}. A request that fails in Python answers
@@ -190,7 +191,8 @@ def _serve(requests, reply) -> None:
             elif cmd == "time":
                 prepared = sessions[message["key"]]
                 step_s = prepared.time_burst(message["steps"], message.get("warmup", 0))
-                reply({"step_s": step_s} | ({"device_s": prepared.device_s} if prepared.device_s else {}))
+                reply({"step_s": step_s} | ({"device_s": prepared.device_s} if prepared.device_s else {})
+                      | ({"faults_per_step": prepared.faults_per_step} if prepared.faults_per_step is not None else {}))
             elif cmd == "profile":
                 columns, raw = sessions[message["key"]].profile(message["steps"])
                 reply({"columns": columns, "profile": raw})

@@ -105,6 +105,23 @@ def test_a_child_reports_its_own_peak_memory_not_its_parents():
     assert machine.peak_rss_bytes() > 1 << 30  # this process's own peak includes what it holds
 
 
+@pytest.mark.skipif(machine.minor_page_faults() is None, reason="no getrusage")
+def test_touching_fresh_pages_counts_page_faults_and_reading_them_again_does_not():
+    import mmap
+
+    size = 16 << 20
+    with mmap.mmap(-1, size) as fresh:  # anonymous memory the kernel hands out on first touch
+        before = machine.minor_page_faults()
+        for offset in range(0, size, mmap.PAGESIZE):
+            fresh[offset] = 1
+        touched = machine.minor_page_faults() - before
+        before = machine.minor_page_faults()
+        assert sum(fresh[offset] for offset in range(0, size, mmap.PAGESIZE)) == size // mmap.PAGESIZE
+        again = machine.minor_page_faults() - before
+    # one fault per page, or per huge page where the kernel backs it with them (16 MiB = 8 of 2 MiB)
+    assert touched >= size // (2 << 20) and again < touched
+
+
 @pytest.mark.skipif(machine.cpu_ticks() is None, reason="no /proc/stat")
 def test_a_cpu_watch_counts_another_process_but_not_ours():
     """Two watches over the same spell: one counts a busy child as another process's work, the other

@@ -220,6 +220,27 @@ def test_finish_turns_rounds_into_the_latency_columns():
     assert r["warnings"].startswith("a note") and r["steps_per_round"] == QUICK.steps_per_round
     two = finish(record, rounds[:2], QUICK)
     assert two["status"] == "ok" and two.get("latency_ms_p50_ci_low") is None  # too few rounds for an interval
+    assert r.get("page_faults_per_step") is None  # not counted: not claimed
+    assert finish(record, rounds, QUICK, faults_per_step=[0.0, 3.0, 100.0, 2.0])["page_faults_per_step"] == 2.5
+
+
+def test_a_burst_counts_the_page_faults_of_a_step_that_takes_fresh_memory():
+    import mmap
+
+    prepared = prepare(_tiny("practical"), "jax", "cpu", 1, 6, settings=QUICK)
+    prepared.time_burst(2)
+    assert prepared.faults_per_step is not None and prepared.faults_per_step >= 0
+    step = prepared.session.step
+
+    def step_on_fresh_pages(state):  # as an eager step does whose new tensors come from the kernel
+        with mmap.mmap(-1, 16 << 20) as fresh:
+            for offset in range(0, len(fresh), mmap.PAGESIZE):
+                fresh[offset] = 1
+        return step(state)
+
+    prepared.session.step = step_on_fresh_pages
+    prepared.time_burst(3, warmup=1)
+    assert prepared.faults_per_step >= 8  # 16 MiB a step: 4096 pages, or 8 huge ones
 
 
 def test_finish_without_any_step_is_a_failed_record():

@@ -219,6 +219,8 @@ def test_the_good_variants_are_measured_in_workers_in_rounds(misbehaving_run):
         assert r["latency_ms_p50"] > 0 and r["rounds"] == 3 and r["iterations"] == 6
         assert r["latency_ms_p50_ci_low"] <= r["latency_ms_p50"] <= r["latency_ms_p50_ci_high"]
         assert r["worker"] and r["worker"].startswith("gw")  # BENCH_WORKER as the worker saw it
+        if machine.minor_page_faults() is not None:  # counted in the worker around each burst
+            assert r["page_faults_per_step"] >= 0
         if machine.cpu_ticks() is not None:  # what else ran during the rounds, the workers' own CPU left out
             assert 0.0 <= r["others_cpu_cores"] <= os.cpu_count() and 0.0 <= r["cpu_steal_share"] < 1.0
         # its peak memory, reported by the worker, is within what the run's memory check assumed
