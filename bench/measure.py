@@ -23,8 +23,8 @@ batch x audio seconds per step / p50.
 from __future__ import annotations
 
 import math
-import statistics
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -191,7 +191,6 @@ class Prepared:
         record's p50; `steps` more are timed first when it timed none) and the raw profile for the run
         folder: every op, and each class beside its bounds (bench.profile.class_table). Where the
         adapter splits a step without a profiler (`profile_classes`), `steps` more steps give the classes."""
-
         if not self.timed_s:
             self.time_burst(steps)
         # where the adapter can split a step without a profiler (PyTorch on a CPU), the classes come
