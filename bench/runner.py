@@ -83,10 +83,13 @@ class RunPlan:
         return [job for group in self.groups() for job in group]
 
 
-# Other processes' CPU (cores' worth) past which a run or a group's rounds count as busy, and the
-# share of CPU time stolen by the hypervisor past which the noise line names it.
+# Other processes' CPU (cores' worth) past which a run or a group's rounds count as busy, the share
+# of CPU time stolen by the hypervisor, and the page faults per step, past which the noise line
+# names them (a step that maps fresh memory pays the kernel's zeroing each time, and how much varies:
+# 55k a step in JAX at batch 64 before the workers' glibc.malloc.hugetlb=1, a few hundred after).
 BUSY_CORES = 0.5
 STEAL_SHARE = 0.02
+FAULTS_PER_STEP = 1000
 
 
 @dataclass
@@ -145,6 +148,10 @@ def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False
     stolen = [r["cpu_steal_share"] for r, _, _ in wide if (r.get("cpu_steal_share") or 0) >= STEAL_SHARE]
     if stolen:
         causes.append(f"the hypervisor took up to {max(stolen):.0%} of the CPU time (steal) during the rounds")
+    faults = [r["page_faults_per_step"] for r, _, _ in wide if (r.get("page_faults_per_step") or 0) >= FAULTS_PER_STEP]
+    if faults:
+        causes.append(f"steps took memory fresh from the kernel (up to {max(faults):,.0f} page faults a step; "
+                      f"the workers' {', '.join(machine.WORKER_MALLOC_ENV)} settings avoid most: were they overridden?)")
     if any(too_few for _, _, too_few in wide):
         causes.append(f"fewer than {stats.MIN_ROUNDS_FOR_INTERVAL} rounds (raise [measure] rounds)")
     if any(r.get("timing_capped") for r, _, _ in wide):

@@ -467,3 +467,7 @@ def test_the_noise_line_names_other_processes_and_steal_during_the_rounds(monkey
     assert "when the run started and during the rounds of 1 of them" in both
     stolen = runner.noise_line([_ok("practical", 4.0, 3.0, 5.0, cpu_steal_share=0.07)])
     assert "the hypervisor took up to 7% of the CPU time (steal)" in stolen
+    assert "page faults" not in runner.noise_line([_ok("practical", 4.0, 3.0, 5.0, page_faults_per_step=260.0)])
+    faulting = runner.noise_line([_ok("practical", 4.0, 3.0, 5.0, page_faults_per_step=54936.0)])
+    assert "steps took memory fresh from the kernel (up to 54,936 page faults a step" in faulting
+    assert "GLIBC_TUNABLES" in faulting
