@@ -13,7 +13,7 @@ import variants
 from bench import counters
 from bench.machine import DeviceUnavailableError, resolve_device
 from tiny import stream, tiny_variants
-from variants import analytic, torch_model
+from variants import analytic, onnx_encoder, torch_model
 from variants.onnx_encoder import phase
 
 TINY = tiny_variants()
@@ -91,6 +91,16 @@ def test_export_is_cached_by_weights(built):
     assert [g.exported for g in other._graphs.values()] == [True]
 
 
+def test_int8_weights_keep_7_bits_only_on_x86_cpus_without_vnni():
+    from variants.onnx_encoder import reduce_range_for
+
+    assert reduce_range_for("x86_64", {"avx2", "fma"})  # u8 x s8 pairs summed in 16 bits: saturation
+    assert not reduce_range_for("x86_64", {"avx2", "avx512f", "avx512_vnni"})
+    assert not reduce_range_for("x86_64", {"avx2", "avx_vnni"})
+    assert reduce_range_for("AMD64", None)  # flags unknown
+    assert not reduce_range_for("aarch64", None)
+
+
 def test_int8_quantises_the_matmul_weights_and_stays_near_float32(built):
     spec = TINY["practical"]
     torch_enc, float_enc = built["practical"]
@@ -110,6 +120,7 @@ def test_int8_quantises_the_matmul_weights_and_stays_near_float32(built):
     performers = sum(isinstance(m, torch_model.PerformerAttention) for m in torch_enc.module.modules())
     dense = sum(isinstance(m, torch_model.Dense) for m in torch_enc.module.modules())
     assert summary.startswith(f"{dense + 2 * performers} of {dense + 2 * performers} MatMuls with weights on int8")
+    assert ("7-bit (reduce_range" in summary) == onnx_encoder.int8_reduce_range()  # the record says which
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
