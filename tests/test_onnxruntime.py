@@ -91,6 +91,43 @@ def test_export_is_cached_by_weights(built):
     assert [g.exported for g in other._graphs.values()] == [True]
 
 
+def test_initial_weights_are_named_by_their_seed_and_loaded_ones_by_their_values(built):
+    spec = TINY["practical"]
+    x = _frames(spec)[:, :6]
+    first = variants.build(spec, "onnxruntime", seed=11)
+    first.step(x, first.init_state(2))
+    same_seed = variants.build(spec, "onnxruntime", seed=11)
+    same_seed.step(x, same_seed.init_state(2))
+    assert [g.exported for g in same_seed._graphs.values()] == [False]  # no weights hashed, none exported
+
+    same_seed.load_weights(built["practical"][0].weights())  # other values under the same seed
+    key = ("step", x.shape, phase(same_seed.init_state(2)))
+    assert same_seed._file_key(key, "float32") != first._file_key(key, "float32")
+    np.testing.assert_allclose(same_seed.step(x, same_seed.init_state(2))[0],
+                               built["practical"][1].step(x, built["practical"][1].init_state(2))[0], atol=TOL, rtol=0)
+
+
+def test_a_graphs_weight_bytes_are_read_once_and_kept_beside_it(built, monkeypatch):
+    spec = TINY["practical"]
+    _, enc = built["practical"]
+    graph = enc.step_graph((1, 6, spec.input_dim), enc.init_state(1))
+    summary = graph.path.with_suffix(".weights.json")
+    summary.unlink(missing_ok=True)
+    nbytes, quantized = enc.graph_weights(graph)
+    assert summary.exists() and quantized is None
+    assert nbytes >= 4 * analytic.param_count(spec) * 0.9  # the float32 weights, give or take folded constants
+
+    def parse(*_):
+        raise AssertionError("parsed the graph again")
+
+    monkeypatch.setattr(onnx_encoder.OnnxEncoder, "_read_graph_weights", parse)
+    assert enc.graph_weights(graph) == (nbytes, None)
+    monkeypatch.undo()
+    summary.write_text("{not json")  # a damaged summary is read again from the graph, and replaced
+    assert enc.graph_weights(graph) == (nbytes, None)
+    assert summary.read_text().startswith("{\"bytes\"")
+
+
 def test_int8_weights_keep_7_bits_only_on_x86_cpus_without_vnni():
     from variants.onnx_encoder import reduce_range_for
 

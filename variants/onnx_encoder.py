@@ -24,6 +24,7 @@ import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import platform
@@ -52,6 +53,8 @@ _TORCH_DTYPES = {"tensor(float)": torch.float32, "tensor(bool)": torch.bool}  # 
 _VERSIONED = ("torch", "onnx", "onnxscript", "onnxruntime")  # an export or quantisation changes with these
 # ... and with the code that is exported: a revision that changes the PyTorch model exports anew
 _MODEL_SOURCES = ("torch_model.py", "schedule.py", "state.py", "onnx_encoder.py")
+# ... and with the weights; the seeded initial ones follow from the seed, this code and numpy's generator
+_INIT_SOURCES = ("init.py", "performer_features.py")
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,6 +86,13 @@ def _model_code_digest() -> str:
     for name in _MODEL_SOURCES:
         h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()
+
+
+def _initial_weights_digest(seed: int) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name in _INIT_SOURCES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return f"initial weights of seed {seed}, numpy {np.__version__}, {h.hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -199,7 +209,9 @@ class OnnxEncoder(NumpyEncoder):
         # `weights`/`load_weights` read and write.
         self.torch = TorchEncoder(spec, seed=seed, dtype="float32")
         self._graphs: dict[tuple, Graph] = {}
-        self._digest: str | None = None
+        # what names the weights in the cache key: the seed while they are the initial ones (hashing a
+        # full-size model's ~0.5 GB cost ~0.7 s a session); a hash of the values once others are loaded
+        self._digest: str | None = _initial_weights_digest(seed)
 
     # ---- session settings, recorded by the harness ----------------------------------------------
     def session_options(self) -> Any:
@@ -354,11 +366,28 @@ class OnnxEncoder(NumpyEncoder):
 
     def graph_weights(self, graph: Graph) -> tuple[int, str | None]:
         """Bytes of the constants `graph` reads (its weights; int8 ones where quantised), and for int8
-        what quantisation changed in it (None for float32): one read of the graph for both."""
+        what quantisation changed in it (None for float32). Reading them means parsing the whole file
+        (seconds for a full-size model), so the answer is kept beside the cached graph."""
+        summary = graph.path.with_suffix(".weights.json")
+        try:
+            known = json.loads(summary.read_text())
+            return int(known["bytes"]), known["quantized"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        nbytes, quantized = self._read_graph_weights(graph.path)
+        try:
+            with tempfile.NamedTemporaryFile("w", dir=summary.parent, suffix=".tmp", delete=False) as tmp:
+                json.dump({"bytes": nbytes, "quantized": quantized}, tmp)
+            os.replace(tmp.name, summary)  # whole files only, as the graphs
+        except OSError:
+            pass  # a cache it cannot write to: read the graph again next time
+        return nbytes, quantized
+
+    def _read_graph_weights(self, path: Path) -> tuple[int, str | None]:
         import onnx
         import onnx.numpy_helper
 
-        model = onnx.load(str(graph.path))
+        model = onnx.load(str(path))
         nbytes = sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
         if self.dtype != "int8":
             return nbytes, None
