@@ -38,7 +38,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from variants.build import CACHE_ROOT, usable_cores
+from variants.build import CACHE_ROOT, cpu_flags, usable_cores
 from variants.encoder import NumpyEncoder
 from variants.spec import EncoderSpec
 from variants.state import array_leaves, map_arrays, named_arrays, phase, with_arrays
@@ -63,21 +63,16 @@ def int8_reduce_range() -> bool:
     ONNX Runtime's u8 x s8 kernels add pairs of products in 16 bits (vpmaddubsw) and saturate with
     full-range weights, which its quantisation docs warn of. Seen on an AVX2-only EPYC VM: the tiny
     practical model's int8 outputs off by 39% RMS with 8-bit weights, 2.6% with 7."""
-    try:
-        flags = set(next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                          if line.startswith("flags")), "").split())
-    except OSError:
-        flags = None
-    return reduce_range_for(platform.machine(), flags)
+    return reduce_range_for(platform.machine(), cpu_flags())
 
 
-def reduce_range_for(machine: str, cpu_flags: set[str] | None) -> bool:
+def reduce_range_for(machine: str, flags: "set[str] | frozenset[str] | None") -> bool:
     """int8_reduce_range for a CPU architecture (platform.machine()) and its flags (None: unknown)."""
     if machine.lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False  # Arm's int8 dot products do not saturate
-    if cpu_flags is None:
+    if flags is None:
         return True  # an x86 CPU whose flags are unknown: the safe choice
-    return not {"avx512_vnni", "avx_vnni"} & cpu_flags
+    return not {"avx512_vnni", "avx_vnni"} & flags
 
 
 @functools.lru_cache(maxsize=1)
