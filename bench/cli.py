@@ -533,6 +533,7 @@ def env_cmd() -> None:
     env = machine.environment()
     typer.echo(f"python     {env['machine']['python']} on {env['machine']['platform']}")
     typer.echo(f"cpu        {env['machine']['cpu_name']} ({env['machine']['usable_cores']} usable of {env['machine']['cpu_count']} cores)")
+    typer.echo(f"simd       {env['machine']['cpu_features'] or 'unknown (no /proc/cpuinfo)'}")
     for name, version in env["versions"].items():
         typer.echo(f"{name:<10} {version or 'not installed'}")
     for framework, kinds in machine.available_devices().items():

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.schema import DEVICES, FRAMEWORKS
-from variants.build import usable_cores  # noqa: F401 (the harness's name for it)
+from variants.build import cpu_flags, usable_cores  # noqa: F401 (usable_cores: the harness's name for it)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("numpy", "jax", "jaxlib", "flax", "torch", "torch_xla", "fvcore", "onnx", "onnxscript", "onnxruntime")
@@ -272,6 +272,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The CPU features that decide which kernels a runtime picks (XLA, oneDNN and MLAS dispatch on them; int8
+# without VNNI keeps 7-bit weights): two machines with the same core count can differ 2x on them.
+SIMD_FEATURES = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+                 "avx512_bf16", "amx_bf16", "amx_int8", "asimd", "asimddp", "sve", "sve2", "i8mm", "bf16")
+
+
+def simd_features(flags: "frozenset[str] | set[str] | None" = None) -> str | None:
+    """SIMD_FEATURES the CPU has (from variants.build.cpu_flags by default), space-separated; None
+    where the flags cannot be read."""
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        return None
+    return " ".join(f for f in SIMD_FEATURES if f in flags) or "none of " + " ".join(SIMD_FEATURES)
+
+
 def cpu_clock_mhz() -> float | None:
     """The mean current clock of the usable cores (cpufreq), or None where the kernel does not expose it
     (most VMs): a change during a run explains wide intervals."""
@@ -439,6 +454,7 @@ def environment() -> dict[str, Any]:
             "hostname": socket.gethostname(),
             "platform": platform.platform(),
             "cpu_name": cpu_name(),
+            "cpu_features": simd_features(),
             "cpu_count": os.cpu_count(),
             "usable_cores": usable_cores(),
             "python": platform.python_version(),

@@ -203,7 +203,7 @@ def test_the_precision_is_applied_in_every_worker_and_recorded(monkeypatch, tmp_
 def test_env_names_versions_devices_and_threads():
     result = invoke("env")
     assert result.exit_code == 0, result.output
-    for word in ("python", "torch", "jax", "devices    jax: cpu", "threads", "git"):
+    for word in ("python", "torch", "jax", "devices    jax: cpu", "threads", "git", "simd"):
         assert word in result.stdout
 
 

@@ -156,3 +156,11 @@ def test_process_ticks_grow_with_the_cpu_a_process_uses():
         pass
     assert machine.process_ticks(os.getpid()) - before >= 0.15 * os.sysconf("SC_CLK_TCK")  # 0.2 s, to the tick
     assert machine.process_ticks(2**31 - 1) is None  # no such process
+
+
+def test_simd_features_name_the_kernel_deciding_flags_the_cpu_has():
+    assert machine.simd_features(frozenset({"fpu", "avx2", "fma", "avx512_vnni", "sse2"})) == "avx2 fma avx512_vnni"
+    assert machine.simd_features(frozenset({"fp", "asimd", "sve"})) == "asimd sve"  # Arm's "Features"
+    assert machine.simd_features(frozenset({"fpu"})).startswith("none of avx")
+    here = machine.environment()["machine"]["cpu_features"]  # this machine's, recorded in every run
+    assert here is None or here == machine.simd_features(machine.cpu_flags())
