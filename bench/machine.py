@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.schema import DEVICES, FRAMEWORKS
-from variants.build import cpu_flags, usable_cores  # noqa: F401 (usable_cores: the harness's name for it)
+from variants.build import usable_cores  # noqa: F401 (the harness's name for it)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = ("numpy", "jax", "jaxlib", "flax", "torch", "torch_xla", "fvcore", "onnx", "onnxscript", "onnxruntime")
@@ -281,6 +281,9 @@ SIMD_FEATURES = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl"
 def simd_features(flags: "frozenset[str] | set[str] | None" = None) -> str | None:
     """SIMD_FEATURES the CPU has (from variants.build.cpu_flags by default), space-separated; None
     where the flags cannot be read."""
+    # imported here: workers import this module, and `bench ab` runs them on older revisions' variants/
+    from variants.build import cpu_flags
+
     flags = cpu_flags() if flags is None else flags
     if flags is None:
         return None
