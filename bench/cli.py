@@ -108,6 +108,21 @@ def _user_errors() -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def _stopped_runs(writer, out_dir: Path) -> Iterator[None]:
+    """Ctrl-C (exit 130) or SIGTERM (exit 143, e.g. a CI time limit) during a run: one line saying how
+    many records its folder kept, never a traceback."""
+    from bench import runner
+
+    try:
+        with runner.sigterm_interrupts():
+            yield
+    except runner.Terminated as e:
+        _fail(f"{e}; {len(writer.records)} records kept in {out_dir}", code=143)
+    except KeyboardInterrupt:
+        _fail(f"interrupted; {len(writer.records)} records kept in {out_dir}", code=130)
+
+
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
     typer.echo(f"bench: error: {' '.join(str(message).split())}", err=True)
     raise typer.Exit(code)
@@ -168,8 +183,8 @@ def run_cmd(
 
     Each variant is measured in its own worker process; the variants compared with one another are
     timed in interleaved rounds, and every speedup carries a 95% interval. Records are on disk as soon
-    as their group is measured (results.json, results.csv, table.md, raw_times.json), so an interrupted
-    run keeps what it measured. A measurement that fails, crashes its worker or hangs past the timeout
+    as their group is measured (results.json, results.csv, table.md, raw_times.json), so a run stopped
+    by Ctrl-C (exit 130) or SIGTERM (exit 143) keeps what it measured. A measurement that fails, crashes its worker or hangs past the timeout
     is recorded with its cause, the run goes on, and the exit status is 1.
 
     \b
@@ -205,11 +220,8 @@ def _execute(cfg, run, settings, quick: bool, progress: bool, framework_named: b
         meta = runner.run_metadata(cfg.as_used(run, quick, settings), machine_tag=run.machine_tag)
         writer = results.RunWriter(out_dir, meta, table_md=report.run_table_markdown)
     typer.echo(f"bench: {len(plan.jobs())} measurements -> {out_dir}", err=True)
-    try:
-        with _user_errors():
-            summary = (executor or runner.run)(plan, settings, writer, progress=progress)
-    except KeyboardInterrupt:
-        _fail(f"interrupted; {len(writer.records)} records kept in {out_dir}", code=130)
+    with _stopped_runs(writer, out_dir), _user_errors():
+        summary = (executor or runner.run)(plan, settings, writer, progress=progress)
     typer.echo((out_dir / results.TABLE_MD).read_text(encoding="utf-8"))
     df = results.frame(summary.records)
     for extra in (report.render_profile(df) if settings.profile else "", report.render_sweep(df)):
@@ -425,10 +437,8 @@ def ab_cmd(
         writer = results.RunWriter(out_dir, meta, table_md=report.run_table_markdown)
         typer.echo(f"bench ab: {head_label} vs {base_commit[:12]}, {len(plan.jobs())} measurements -> {out_dir}",
                    err=True)
-        try:
+        with _stopped_runs(writer, out_dir):
             runner.run(plan, cfg.measure_for(quick), writer, progress=progress)
-        except KeyboardInterrupt:
-            _fail(f"interrupted; {len(writer.records)} records kept in {out_dir}", code=130)
         changes = ab.compare(writer.records, results.load_raw_rounds(out_dir), limit, cfg.ab.accept)
     typer.echo(ab.render(changes, base_commit[:12], head_label, limit))
     code = ab.exit_code(changes)

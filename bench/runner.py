@@ -194,6 +194,7 @@ class WorkerPool:
         self._count = 0
         self._lock = threading.Lock()
         self.shared = plan.device in machine.EXCLUSIVE_DEVICES
+        self.stopped: str | None = None  # why the run is being stopped (WorkerPool.kill)
 
     def get(self, job: Job) -> Worker:
         key = (job.side, "*", job.framework, "*") if self.shared else (job.side, job.variant, job.framework, job.mode)
@@ -223,6 +224,13 @@ class WorkerPool:
     def close(self) -> None:
         _close_all(list(self._workers.values()))
         self._workers.clear()
+
+    def kill(self, reason: str) -> None:
+        """Stop every worker at once, without asking (a run being stopped waits for none, hung or
+        busy); a request still waiting on one fails its job with `reason`."""
+        self.stopped = reason
+        for worker in list(self._workers.values()):
+            worker.kill()
 
 
 def _close_all(workers: list[Worker]) -> None:
@@ -335,7 +343,7 @@ class _Group:
         try:
             reply = pool.get(job).request(request, timeout_s)
         except WorkerDied as e:
-            self.fail(job, str(e))
+            self.fail(job, pool.stopped or str(e))
             return None
         if "error" in reply:
             self.fail(job, reply["error"])
@@ -349,16 +357,42 @@ class _Group:
             self.alive.remove(job)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a CI job's time limit, `timeout`, a scheduler stopping the job): handled as an
+    interrupt, so every round already timed is kept, the workers are stopped and the folder says so."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated in the main thread instead of ending the process
+    where it stands (which leaves the run's folder saying "running"). A no-op off the main thread."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated(f"terminated by {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def recording(writer: RunWriter, summary: RunSummary) -> Iterator[None]:
     """Around a run's measurements (here or on Ray): its elapsed time, and its folder marked finished
-    with how it ended ("complete", "interrupted", "aborted: <error>"), never left looking complete."""
+    with how it ended ("complete", "interrupted", "terminated", "aborted: <error>"), never left
+    looking complete."""
     start = time.perf_counter()
     status = "complete"
     try:
         yield
-    except KeyboardInterrupt:
-        status = "interrupted"
+    except KeyboardInterrupt as e:
+        status = "terminated" if isinstance(e, Terminated) else "interrupted"
         raise
     except BaseException as e:
         status = f"aborted: {type(e).__name__}"
@@ -383,6 +417,7 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                 task = bar.add_task("starting", total=len(plan.jobs()))
                 for index, jobs in enumerate(plan.groups()):
                     group = _Group(jobs)
+                    stopped = False
                     try:
                         _prepare(group, plan, settings, pool, known_peaks, bar, task)
                         watch = machine.CpuWatch(pool.pids)
@@ -392,21 +427,37 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                             group.cpu = watch.stop()
                         if settings.profile:
                             _profile(group, settings, pool, bar, task)
+                    except KeyboardInterrupt as e:
+                        stopped = True
+                        _stop(group, pool, e)
+                        raise
                     finally:  # an interrupted group still keeps every round it timed
                         for job, record in _finish(group, settings).items():
                             writer.add(record, group.rounds[job], group.profiles.get(job))
                             bar.console.print(_done_line(record, job), highlight=False)
-                        for job in group.alive:
+                        for job in [] if stopped else group.alive:
                             try:
                                 pool.get(job).request({"cmd": "drop", "key": session_key(job)}, settings.timeout_s)
                             except WorkerDied:
                                 pass
-                        pool.retire(remaining={(j.framework, j.mode) for g in plan.groups()[index + 1:] for j in g})
+                        if not stopped:
+                            pool.retire(remaining={(j.framework, j.mode) for g in plan.groups()[index + 1:] for j in g})
                     bar.advance(task, len(jobs))
         finally:
             pool.close()
             summary.clock_mhz = (clock_start, machine.cpu_clock_mhz())
     return summary
+
+
+def _stop(group: _Group, pool: WorkerPool, stop: KeyboardInterrupt) -> None:
+    """The run is being stopped (Ctrl-C, SIGTERM) while `group` is measured: its workers are killed at
+    once, and a job with nothing timed says why; the rounds already timed are kept."""
+    reason = f"not measured: the run was {'terminated' if isinstance(stop, Terminated) else 'interrupted'}"
+    if not pool.stopped:
+        pool.kill(reason)
+    for job, record in list(group.records.items()):
+        if record.get("status") not in ("prepared", "ok", "failed"):
+            group.fail(job, reason)
 
 
 def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: WorkerPool,
@@ -448,8 +499,14 @@ def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: Work
     bar.update(task, description=f"preparing {group.jobs[0].framework}/{group.jobs[0].mode} "
                                  f"batch {group.jobs[0].batch}")
     # a shared worker answers one request at a time
-    with ThreadPoolExecutor(max_workers=1 if pool.shared else max(1, settings.prepare_workers)) as executor:
+    executor = ThreadPoolExecutor(max_workers=1 if pool.shared else max(1, settings.prepare_workers))
+    try:
         list(executor.map(build, group.jobs))
+    except KeyboardInterrupt as e:  # builds still running in other threads end now, not at their timeout
+        _stop(group, pool, e)
+        raise
+    finally:
+        executor.shutdown()
     for job in group.jobs:
         if group.records[job].get("status") == "built":
             warm(job)

@@ -82,6 +82,7 @@ class FakeWorker:
         self.dead: str | None = None
         self.pid = None  # no process of its own
         self.closed = False
+        self.killed = False
         self.closed_at: int | None = None  # len(lab.requests) when closed
         self.sessions: dict[str, dict[str, Any]] = {}
 
@@ -170,6 +171,10 @@ class FakeWorker:
     def close(self) -> None:
         if not self.closed:
             self.closed, self.closed_at = True, len(self.lab.requests)
+
+    def kill(self) -> None:
+        self.killed = True
+        self.close()
 
 
 def install_clock(monkeypatch, lab: FakeWorkers) -> None:

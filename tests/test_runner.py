@@ -350,6 +350,7 @@ def test_an_interrupted_run_keeps_the_finished_groups_and_says_interrupted(tmp_p
     assert sorted(ok) == [("baseline", 1), ("practical", 1)]
     assert set(results.load_raw_rounds(tmp_path)) >= {"baseline|jax|jit|cpu|1", "practical|jax|jit|cpu|1"}
     assert all(w.closed or w.dead for w in lab.workers)
+    assert any(w.killed for w in lab.workers)  # the live ones stopped at once, not asked and waited for
 
 
 def test_a_run_that_crashes_is_not_marked_complete(tmp_path, monkeypatch):

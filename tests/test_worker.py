@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -246,3 +247,51 @@ def test_report_plot_and_check_read_a_folder_with_failed_records(misbehaving_run
     check = cli.invoke(app, ["check", str(out), "--budgets", str(budgets)])
     assert check.exit_code == 0, check.output
     assert "tiny_wide/tiny_ok" in check.stdout and "FAIL" not in check.stdout
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid`, whichever of its threads started them."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads a process's children from /proc")
+def test_sigterm_stops_a_run_at_once_and_its_folder_says_terminated(tmp_path):
+    """A CI time limit or `timeout` sends SIGTERM: the run stops without waiting for a hung worker's
+    timeout, kills its workers, marks its folder "terminated" and says so in one line (exit 143)."""
+    (tmp_path / "bench.toml").write_text("[measure]\ntimeout_s = 300\nroofline = false\ncounters = false\n")
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != WORKER_ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--plugin", str(PLUGIN), "--variant",
+                             "tiny_ok,tiny_hang", "--framework", "jax", "--batch", "1", "--config",
+                             str(tmp_path / "bench.toml"), "--out", str(out), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=Path(__file__).resolve().parent.parent)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:  # both workers building
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, proc.stderr.read() if proc.poll() is not None else "workers did not start"
+        time.sleep(1.0)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)  # not the hung build's 300 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and time.monotonic() - start < 20
+    assert stderr.strip().splitlines()[-1] == f"bench: error: terminated by SIGTERM; 2 records kept in {out}"
+    assert "Traceback" not in stderr
+    data = json.loads((out / results.RESULTS_JSON).read_text())
+    assert data["meta"]["status"] == "terminated"
+    for record in data["records"]:
+        assert record["status"] == "failed" and record["error"] == "not measured: the run was terminated"
+    time.sleep(0.5)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]  # no worker left running
