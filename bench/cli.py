@@ -470,7 +470,8 @@ def report_cmd(
         from bench import report
         from bench.results import load_runs
 
-        _, df = load_runs(run_dirs)
+        metas, df = load_runs(run_dirs)
+        _note_unfinished(metas, run_dirs)
         text = report.render_table(df, fmt)
         if fmt == "markdown" and (predictions := report.render_predictions(df)):
             text += "\n" + predictions
@@ -496,7 +497,8 @@ def plot_cmd(
         from bench import plots
         from bench.results import load_runs
 
-        _, df = load_runs(run_dirs)
+        metas, df = load_runs(run_dirs)
+        _note_unfinished(metas, run_dirs)
         out_dir = out if out is not None else Path(run_dirs[0]) / "plots"
         paths = plots.plot_all(df, out_dir)
     for path in paths:
@@ -523,8 +525,9 @@ def compare_cmd(
         from bench import compare
         from bench.results import load_raw_times, load_run
 
-        _, df_a = load_run(run_a)
-        _, df_b = load_run(run_b)
+        meta_a, df_a = load_run(run_a)
+        meta_b, df_b = load_run(run_b)
+        _note_unfinished([meta_a, meta_b], [run_a, run_b])
         table = compare.compare_runs(df_a, load_raw_times(run_a), df_b, load_raw_times(run_b))
         text = compare.render_comparison(table, fmt)
     typer.echo(text)
@@ -579,11 +582,21 @@ def check_cmd(
 
         specs = budgets_mod.load_budgets(budgets)
         meta, df = load_run(run_dir)
+        _note_unfinished([meta], [run_dir])
         checks = budgets_mod.evaluate(specs, meta, df, load_raw_rounds(run_dir))
     typer.echo(budgets_mod.render_checks(checks))
     failed = [c for c in checks if c.status == "FAIL"]
     if failed:
         _fail(budgets_mod.failure_line(failed), code=EXIT_FAILED)
+
+
+def _note_unfinished(metas, run_dirs) -> None:
+    """A note on stderr for each folder whose run stopped before the end (the output itself is unchanged)."""
+    from bench.results import unfinished_note
+
+    for meta, run_dir in zip(metas, run_dirs):
+        if note := unfinished_note(meta, run_dir):
+            typer.echo(f"bench: note: {note}", err=True)
 
 
 def _emit(text: str, out: Path | None) -> None:

@@ -175,6 +175,21 @@ def load_run(run_dir: str | Path):
     return data.get("meta", {}), df
 
 
+def unfinished_note(meta: dict, run_dir: str | Path) -> str | None:
+    """One line for a reader of a run that did not finish (its table holds only what was measured
+    before it stopped); None for a complete run, or one from before runs recorded how they ended."""
+    status = meta.get("status")
+    if status in (None, "complete"):
+        return None
+    if status == "running":
+        how = "did not finish (results.json still says running: its process was killed, or it is still going)"
+    elif status in ("interrupted", "terminated"):
+        how = f"was {status} ({'Ctrl-C' if status == 'interrupted' else 'SIGTERM'})"
+    else:
+        how = f"ended early ({status})"
+    return f"{run_dir}: the run {how}; it holds only what was measured before"
+
+
 def load_raw_rounds(run_dir: str | Path) -> dict[str, list[list[float]]]:
     """Raw step times (seconds) of a run, one list per interleaved round, keyed as `schema.raw_key`;
     {} if absent. A run from before rounds (one flat list per record) reads as one round per step."""

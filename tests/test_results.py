@@ -180,3 +180,13 @@ def test_a_raw_times_file_that_is_not_an_object_is_a_results_error(tmp_path):
     (tmp_path / "raw_times.json").write_text("[1, 2]")
     with pytest.raises(results.ResultsError):
         results.load_raw_rounds(tmp_path)
+
+
+def test_a_run_that_did_not_finish_is_named_for_its_readers():
+    assert results.unfinished_note({"status": "complete"}, "r") is None
+    assert results.unfinished_note({}, "r") is None  # a folder from before runs recorded how they ended
+    assert "was terminated (SIGTERM)" in results.unfinished_note({"status": "terminated"}, "r")
+    assert "was interrupted (Ctrl-C)" in results.unfinished_note({"status": "interrupted"}, "r")
+    assert "did not finish" in results.unfinished_note({"status": "running"}, "r")
+    assert results.unfinished_note({"status": "aborted: MemoryError"}, "runs/x") == (
+        "runs/x: the run ended early (aborted: MemoryError); it holds only what was measured before")

@@ -239,6 +239,7 @@ def test_report_plot_and_check_read_a_folder_with_failed_records(misbehaving_run
     report = cli.invoke(app, ["report", str(out)])
     assert report.exit_code == 0, report.output
     assert "tiny_ok" in report.stdout and "tiny_segfault" in report.stdout
+    assert "note:" not in report.stderr  # failed records, but a run that finished
     plot = cli.invoke(app, ["plot", str(out), "--out", str(tmp_path / "plots")])
     assert plot.exit_code == 0, plot.output
     assert list((tmp_path / "plots").iterdir())
@@ -292,6 +293,8 @@ def test_sigterm_stops_a_run_at_once_and_its_folder_says_terminated(tmp_path):
     assert data["meta"]["status"] == "terminated"
     for record in data["records"]:
         assert record["status"] == "failed" and record["error"] == "not measured: the run was terminated"
+    report = cli.invoke(app, ["report", str(out)])  # the folder still reads, and says how the run ended
+    assert report.exit_code == 0 and "the run was terminated (SIGTERM)" in report.stderr
     time.sleep(0.5)
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
                 and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]  # no worker left running
