@@ -362,6 +362,11 @@ class Terminated(KeyboardInterrupt):
     interrupt, so every round already timed is kept, the workers are stopped and the folder says so."""
 
 
+def stop_status(stop: KeyboardInterrupt) -> str:
+    """How a run stopped from outside ended, as its folder's status says: "terminated" or "interrupted"."""
+    return "terminated" if isinstance(stop, Terminated) else "interrupted"
+
+
 @contextlib.contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """Within the block, SIGTERM raises Terminated in the main thread instead of ending the process
@@ -392,7 +397,7 @@ def recording(writer: RunWriter, summary: RunSummary) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as e:
-        status = "terminated" if isinstance(e, Terminated) else "interrupted"
+        status = stop_status(e)
         raise
     except BaseException as e:
         status = f"aborted: {type(e).__name__}"
@@ -417,7 +422,6 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                 task = bar.add_task("starting", total=len(plan.jobs()))
                 for index, jobs in enumerate(plan.groups()):
                     group = _Group(jobs)
-                    stopped = False
                     try:
                         _prepare(group, plan, settings, pool, known_peaks, bar, task)
                         watch = machine.CpuWatch(pool.pids)
@@ -428,19 +432,18 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                         if settings.profile:
                             _profile(group, settings, pool, bar, task)
                     except KeyboardInterrupt as e:
-                        stopped = True
                         _stop(group, pool, e)
                         raise
                     finally:  # an interrupted group still keeps every round it timed
                         for job, record in _finish(group, settings).items():
                             writer.add(record, group.rounds[job], group.profiles.get(job))
                             bar.console.print(_done_line(record, job), highlight=False)
-                        for job in [] if stopped else group.alive:
+                        for job in [] if pool.stopped else group.alive:
                             try:
                                 pool.get(job).request({"cmd": "drop", "key": session_key(job)}, settings.timeout_s)
                             except WorkerDied:
                                 pass
-                        if not stopped:
+                        if not pool.stopped:
                             pool.retire(remaining={(j.framework, j.mode) for g in plan.groups()[index + 1:] for j in g})
                     bar.advance(task, len(jobs))
         finally:
@@ -452,7 +455,7 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
 def _stop(group: _Group, pool: WorkerPool, stop: KeyboardInterrupt) -> None:
     """The run is being stopped (Ctrl-C, SIGTERM) while `group` is measured: its workers are killed at
     once, and a job with nothing timed says why; the rounds already timed are kept."""
-    reason = f"not measured: the run was {'terminated' if isinstance(stop, Terminated) else 'interrupted'}"
+    reason = f"not measured: the run was {stop_status(stop)}"
     if not pool.stopped:
         pool.kill(reason)
     for job, record in list(group.records.items()):
