@@ -332,10 +332,8 @@ class OnnxEncoder(NumpyEncoder):
             program = torch.onnx.export(module.eval(), example, dynamo=True, opset_version=OPSET, input_names=names,
                                         output_names=outputs, verbose=False)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # whole files only: a crash leaves none
-            partial = Path(tmp) / path.name
+        with _whole_file(path) as partial:
             program.save(str(partial))
-            os.replace(partial, path)
 
     def _run(self, graph: Graph, inputs: list) -> list:
         session = graph.session
@@ -371,9 +369,8 @@ class OnnxEncoder(NumpyEncoder):
             pass
         nbytes, quantized = self._read_graph_weights(graph.path)
         try:
-            with tempfile.NamedTemporaryFile("w", dir=summary.parent, suffix=".tmp", delete=False) as tmp:
-                json.dump({"bytes": nbytes, "quantized": quantized}, tmp)
-            os.replace(tmp.name, summary)  # whole files only, as the graphs
+            with _whole_file(summary) as partial:
+                partial.write_text(json.dumps({"bytes": nbytes, "quantized": quantized}))
         except OSError:
             pass  # a cache it cannot write to: read the graph again next time
         return nbytes, quantized
@@ -397,6 +394,16 @@ class OnnxEncoder(NumpyEncoder):
                         f"float32; {nbytes:,} bytes of weights")
 
 
+@contextlib.contextmanager
+def _whole_file(path: Path):
+    """A temporary path beside `path`, moved onto it when the block succeeds: the cache holds whole
+    files only, and a crash or a failure leaves none."""
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        partial = Path(tmp) / path.name
+        yield partial
+        os.replace(partial, path)
+
+
 def _quantize(float_path: Path, path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -404,10 +411,8 @@ def _quantize(float_path: Path, path: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # it advises pre-processing, once per call, on the root logger
     try:
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            partial = Path(tmp) / path.name
+        with _whole_file(path) as partial:
             quantize_dynamic(str(float_path), str(partial), op_types_to_quantize=list(QUANTIZED_OPS),
                              weight_type=QuantType.QInt8, reduce_range=int8_reduce_range())
-            os.replace(partial, path)
     finally:
         root.setLevel(level)
