@@ -185,12 +185,13 @@ class Prepared:
             self.faults_per_step = (minor_page_faults() - faults) / (warmup + len(result.step_s))
         return list(result.step_s)
 
-    def profile(self, steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    def profile(self, steps: int, peak_bytes_per_s: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """`steps` steps under the framework's profiler: the record's profile columns
         (bench.profile.summarize, scaled to the median of the steps this session timed, which is the
         record's p50; `steps` more are timed first when it timed none) and the raw profile for the run
         folder: every op, and each class beside its bounds (bench.profile.class_table). Where the
-        adapter splits a step without a profiler (`profile_classes`), `steps` more steps give the classes."""
+        adapter splits a step without a profiler (`profile_classes`), `steps` more steps give the classes.
+        `peak_bytes_per_s`: the bandwidth the rounds' probe saw (bench.measure.finish), for the bounds."""
         if not self.timed_s:
             self.time_burst(steps)
         # where the adapter can split a step without a profiler (PyTorch on a CPU), the classes come
@@ -206,7 +207,7 @@ class Prepared:
         bounds = profile.class_bounds(self.session.encoder.spec, r["batch"], r["chunk_frames"],
                                       DTYPE_BYTES[activation_dtype(r["dtype"])])
         columns = profile.summarize(segments, split_wall_s, steps, statistics.median(self.timed_s), bounds,
-                                    r.get("peak_flops_per_s"), r.get("peak_bytes_per_s"))
+                                    r.get("peak_flops_per_s"), peak_bytes_per_s or r.get("peak_bytes_per_s"))
         columns["profile_ops_per_step"] = len(ops) / steps
         columns["profile_source"] = self.session.profile_source
         raw = {"classes": profile.class_table(bounds, columns, r["dtype"], r.get("precision") or PRECISIONS[0]),
@@ -279,13 +280,17 @@ def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int,
 
 
 def finish(record: Mapping[str, Any], rounds: Sequence[Sequence[float]], settings: MeasureSettings,
-           device_s: Sequence[float] = (), faults_per_step: Sequence[float] = ()) -> dict[str, Any]:
+           device_s: Sequence[float] = (), faults_per_step: Sequence[float] = (),
+           bandwidth_samples: Sequence[float] = ()) -> dict[str, Any]:
     """The final record of a prepared measurement from its step times, one list per round (seconds):
     latency percentiles over every step, a 95% interval of the p50 over rounds, real-time factor,
     throughput and the roofline fraction; with `device_s` (the same steps on the device's clock, CUDA
     events) their p50 and p90 too; with `faults_per_step` (each round's minor page faults per step)
-    their median. Pure: no framework, nothing timed."""
+    their median; with `bandwidth_samples` (bench.roofline.BandwidthProbe, one per round of these
+    rounds) the roofline's bandwidth is theirs (window_bandwidth). Pure: no framework, nothing timed."""
     record = dict(record)
+    if bandwidth_samples and record.get("peak_bytes_per_s"):
+        record.update(window_bandwidth(record, bandwidth_samples))
     if device_s:
         device = stats.latency_stats(list(device_s))
         record.update(latency_ms_p50_device=device.latency_ms_p50, latency_ms_p90_device=device.latency_ms_p90)
@@ -316,6 +321,18 @@ def finish(record: Mapping[str, Any], rounds: Sequence[Sequence[float]], setting
     if record.get("status") == "prepared":
         record["status"] = "ok"
     return record
+
+
+def window_bandwidth(record: Mapping[str, Any], samples: Sequence[float]) -> dict[str, Any]:
+    """The peak columns with the bandwidth of the rounds a record was timed in: the best of the probe's
+    samples, one per round (STREAM's rule: the best of its trials), in place of the run-start peak,
+    which `peak_bytes_per_s_start` keeps."""
+    best, start = max(samples), record["peak_bytes_per_s"]
+    return {"peak_bytes_per_s": best, "peak_bytes_per_s_start": start,
+            "peaks_source": f"bandwidth {best / 1e9:.1f} GB/s: the best of {len(samples)} numpy copy/read samples, "
+                            f"one per round between the bursts (median {statistics.median(samples) / 1e9:.1f}, "
+                            f"lowest {min(samples) / 1e9:.1f}); at the run's start {start / 1e9:.1f}, "
+                            f"{record.get('peaks_source') or ''}"}
 
 
 def measure(variant, framework: str, device: str, batch: int, chunk_frames: int, *, dtype: str = "float32",

@@ -295,23 +295,24 @@ def params_vs_latency(df: pd.DataFrame) -> Figure | None:
 
 
 def machine_roofs(df: pd.DataFrame) -> dict[str, tuple[float, float]]:
-    """Per device label: (peak FLOP/s, memory bandwidth bytes/s), from the `peak_flops_per_s` and
-    `peak_bytes_per_s` that bench.measure records. Devices without them are left out (their points are
-    drawn without roofs)."""
+    """Per device label: (peak FLOP/s, memory bandwidth bytes/s), the highest `peak_flops_per_s` and
+    `peak_bytes_per_s` that bench.measure recorded (a CPU's bandwidth is sampled in each group's
+    rounds, so records differ: the roof is the best the run saw). Devices without them are left out
+    (their points are drawn without roofs)."""
     df = df if "_device" in df else df.assign(_device=device_labels(df))
     roofs = {}
     for device, recs in df.groupby("_device", sort=False):
-        peak, bandwidth = _first_number(recs, "peak_flops_per_s"), _first_number(recs, "peak_bytes_per_s")
+        peak, bandwidth = _highest(recs, "peak_flops_per_s"), _highest(recs, "peak_bytes_per_s")
         if peak and bandwidth and peak > 0 and bandwidth > 0:
             roofs[device] = (peak, bandwidth)
     return roofs
 
 
-def _first_number(recs: pd.DataFrame, column: str) -> float | None:
+def _highest(recs: pd.DataFrame, column: str) -> float | None:
     if column in recs:
         values = pd.to_numeric(recs[column], errors="coerce").dropna()
         if len(values):
-            return float(values.iloc[0])
+            return float(values.max())
     return None
 
 
@@ -354,9 +355,15 @@ def roofline(df: pd.DataFrame) -> Figure | None:
             x_label = max(lo * 2, peak / bandwidth / 6)  # on the slope, left of the ridge point
             ax.annotate(f"{bandwidth / 1e9:.3g} GB/s", (x_label, bandwidth * x_label / 1e9), xytext=(-3, 3),
                         textcoords="offset points", ha="right", va="bottom", fontsize=5.5, color="0.3")
-            if "peaks_source" in pts and pts["peaks_source"].notna().any():
+            note = None
+            if "peak_bytes_per_s_start" in pts and pts["peak_bytes_per_s_start"].notna().any():
+                note = ("bandwidth roof: the best sampled in any group's rounds; each record's roofline_fraction "
+                        "uses its own group's (peaks_source)")
+            elif "peaks_source" in pts and pts["peaks_source"].notna().any():
+                note = f"roofs measured with {pts['peaks_source'].dropna().iloc[0]}"
+            if note:
                 # wrapped: a long source (a GPU's name, its kernels) would otherwise widen the figure
-                note = textwrap.fill(f"roofs measured with {pts['peaks_source'].dropna().iloc[0]}", 70)
+                note = textwrap.fill(note, 70)
                 ax.annotate(note, (0.01, 0.01),
                             xycoords="axes fraction", fontsize=4.5, color="0.4", va="bottom")
         else:

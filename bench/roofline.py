@@ -114,28 +114,67 @@ def _best_time(fn: Callable[[], Any], repeats: int = REPEATS) -> float:
     return best
 
 
+class BandwidthProbe:
+    """The memory bandwidth this host gives at the moment it is asked: numpy copies and reads
+    `nbytes` (default COPY_BYTES) split over the usable cores (threads over slices: numpy releases the
+    GIL while it reads and copies). The runner samples it once in every round, between the bursts, so
+    a CPU roofline's bandwidth is the machine's while the steps ran: on a VM other tenants move it
+    (35 to 60 GB/s within minutes on the reference 2-core VM), and a peak taken at the run's start
+    would then judge every later step by a moment it did not run in."""
+
+    def __init__(self, nbytes: int | None = None):
+        import numpy as np
+
+        from bench.machine import usable_cores
+
+        self.src = np.ones((nbytes or COPY_BYTES) // 4, np.float32)
+        self.dst = np.empty_like(self.src)
+        self.nbytes = self.src.nbytes
+        self._copyto = np.copyto
+        threads = usable_cores()
+        bounds = np.linspace(0, self.src.size, threads + 1).astype(int)
+        self._slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        self._pool = ThreadPoolExecutor(threads)
+        self.copy()  # first touch of the destination: page faults are not bandwidth
+
+    def copy(self) -> None:
+        list(self._pool.map(lambda s: self._copyto(self.dst[s], self.src[s]), self._slices))
+
+    def read(self) -> None:
+        list(self._pool.map(lambda s: float(self.src[s].sum()), self._slices))
+
+    def sample(self) -> float:
+        """One copy and one read timed: the better rate in bytes/s (a copy counts read + write)."""
+        copy_s, read_s = _elapsed(self.copy), _elapsed(self.read)
+        return max(2 * self.nbytes / copy_s, self.nbytes / read_s)
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+def _elapsed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def _numpy_rates(nbytes: int = COPY_BYTES, n: int = MATMUL_N) -> dict[str, float]:
-    """numpy's matmul rate, read-stream and copy bandwidth on this host (threads over slices: numpy
-    releases the GIL while it reads and copies)."""
+    """numpy's matmul rate, read-stream and copy bandwidth on this host (BandwidthProbe's kernels, and
+    one whole-array copy in case a single thread does better)."""
     # Imported here, not at the top: bench.schema reads NAMED_DEVICES, and `bench --help` stays instant.
     import numpy as np
 
-    from bench.machine import usable_cores
-
-    src = np.ones(nbytes // 4, np.float32)
-    dst = np.empty_like(src)
-    threads = usable_cores()
-    bounds = np.linspace(0, src.size, threads + 1).astype(int)
-    slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    probe = BandwidthProbe(nbytes)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), np.float32)
     b = rng.standard_normal((n, n), np.float32)
-    with ThreadPoolExecutor(threads) as pool:
-        copy_s = min(_best_time(lambda: np.copyto(dst, src)),
-                     _best_time(lambda: list(pool.map(lambda s: np.copyto(dst[s], src[s]), slices))))
-        read_s = _best_time(lambda: list(pool.map(lambda s: float(src[s].sum()), slices)))
-    return {"flops_per_s": 2 * n**3 / _best_time(lambda: a @ b), "read_bytes_per_s": src.nbytes / read_s,
-            "copy_bytes_per_s": 2 * src.nbytes / copy_s}
+    try:
+        copy_s = min(_best_time(lambda: np.copyto(probe.dst, probe.src)), _best_time(probe.copy))
+        read_s = _best_time(probe.read)
+    finally:
+        probe.close()
+    return {"flops_per_s": 2 * n**3 / _best_time(lambda: a @ b), "read_bytes_per_s": probe.nbytes / read_s,
+            "copy_bytes_per_s": 2 * probe.nbytes / copy_s}
 
 
 def host_rates_fn(matmul: Callable[[], Any], read: Callable[[], Any], copy: Callable[[], Any],

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from bench import machine, measure, stats, table
+from bench import machine, measure, roofline, stats, table
 from bench.config import MeasureSettings, RunConfig
 from bench.results import SCHEMA_VERSION, RunWriter, utc_now
 from bench.schema import DTYPE_BYTES, PRECISIONS, RAW_STEP_KEY, activation_dtype, raw_key
@@ -337,6 +337,7 @@ class _Group:
         self.capped = False  # the rounds stopped at max_time_s before min_time_s was reached
         self.cpu: dict[str, float] = {}  # what else used the CPU during the rounds (machine.CpuWatch)
         self.profiles: dict[Job, dict[str, Any]] = {}  # the raw profile of each profiled job (classes, ops)
+        self.bandwidth: list[float] = []  # the host's bandwidth in each kept round (roofline.BandwidthProbe)
 
     def ask(self, pool: "WorkerPool", job: Job, request: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
         """The worker's reply, or None after failing the job (its worker died, hung or answered an error)."""
@@ -416,6 +417,8 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
     clock_start = machine.cpu_clock_mhz()
     summary.busy_before = machine.busy_cores()
     known_peaks: dict[tuple, dict[str, Any]] = {}  # _peaks_key -> peak columns, measured once
+    # a CPU roofline's bandwidth is sampled in every round (the machine's while the steps ran)
+    probe = roofline.BandwidthProbe() if settings.roofline and plan.device == "cpu" else None
     with recording(writer, summary):
         try:
             with _progress(progress) as bar:
@@ -426,7 +429,7 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                         _prepare(group, plan, settings, pool, known_peaks, bar, task)
                         watch = machine.CpuWatch(pool.pids)
                         try:
-                            _rounds(group, settings, pool, rng, bar, task)
+                            _rounds(group, settings, pool, rng, bar, task, probe)
                         finally:
                             group.cpu = watch.stop()
                         if settings.profile:
@@ -448,6 +451,8 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                     bar.advance(task, len(jobs))
         finally:
             pool.close()
+            if probe is not None:
+                probe.close()
             summary.clock_mhz = (clock_start, machine.cpu_clock_mhz())
     return summary
 
@@ -522,11 +527,13 @@ def _peaks_key(job: Job, plan: RunPlan) -> tuple:
     return (None if plan.device == "cpu" else job.framework, plan.device, plan.dtype, plan.precision)
 
 
-def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: random.Random, bar, task) -> None:
+def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: random.Random, bar, task,
+            probe: roofline.BandwidthProbe | None = None) -> None:
     """Time every live job for a burst per round, in a fresh random order each round, until each has
     at least `rounds` rounds and `min_time_s` of timed steps, and every ratio the group reports is
     within `interval_target` (or the group has used `max_time_s`). The first `warmup_rounds` rounds
-    run the same way but are not kept."""
+    run the same way but are not kept. With a `probe`, each kept round samples the host's bandwidth
+    first, with no step running."""
     start = time.perf_counter()
     group.order = []
     done = 0
@@ -537,6 +544,8 @@ def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: ran
         rng.shuffle(order)
         group.order.append(order)
         bar.update(task, description=f"round {done + 1}: {group.jobs[0].framework} batch {group.jobs[0].batch}")
+        if probe is not None and warming_up == 0:
+            group.bandwidth.append(probe.sample())
         for job in order:
             request = {"cmd": "time", "key": session_key(job), "steps": settings.steps_per_round,
                        "warmup": settings.round_warmup}
@@ -591,8 +600,10 @@ def _profile(group: _Group, settings: MeasureSettings, pool: WorkerPool, bar, ta
     for job in list(group.alive):
         bar.update(task, description=f"profiling {job.label()}")
         try:
-            reply = pool.get(job).request({"cmd": "profile", "key": session_key(job), "steps": settings.profile_steps},
-                                          settings.timeout_s)
+            request = {"cmd": "profile", "key": session_key(job), "steps": settings.profile_steps}
+            if group.bandwidth and group.records[job].get("peak_bytes_per_s"):  # the bounds use the rounds' bandwidth
+                request["peak_bytes_per_s"] = measure.window_bandwidth(group.records[job], group.bandwidth)["peak_bytes_per_s"]
+            reply = pool.get(job).request(request, settings.timeout_s)
         except WorkerDied as e:  # the session is gone with its worker; the rounds it was timed in stand
             group.records[job]["profile_error"] = str(e)
             group.alive.remove(job)
@@ -612,7 +623,8 @@ def _finish(group: _Group, settings: MeasureSettings) -> dict[Job, dict[str, Any
         if record is None:
             continue
         if record.get("status") == "prepared":
-            record = measure.finish(record, group.rounds[job], settings, group.device_s[job], group.faults[job])
+            record = measure.finish(record, group.rounds[job], settings, group.device_s[job], group.faults[job],
+                                    group.bandwidth)
             record["timing_capped"] = group.capped
             record.update(group.cpu)
         elif record.get("status") != "ok":

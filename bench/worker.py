@@ -12,7 +12,7 @@ with "warm": false in args, only built and compiled, status "built", until
 {"cmd": "time", "key": ..., "steps": n, "warmup": w} -> {"step_s": [...]} (and "device_s": [...], the same
 steps on the device's clock, where the session has one; "faults_per_step", the burst's minor page faults
 per step, where the OS counts them);
-{"cmd": "profile", "key": ..., "steps": n} -> {"columns": {...}, "profile": {"classes": ..., "ops": [...]}}
+{"cmd": "profile", "key": ..., "steps": n[, "peak_bytes_per_s": b]} -> {"columns": {...}, "profile": {"classes": ..., "ops": [...]}}
 (bench.measure.Prepared.profile);
 {"cmd": "drop", "key": ...} -> {}; {"cmd": "exit"}. A request that fails in Python answers
 {"error": "Type: message"} and the worker lives on.
@@ -194,7 +194,7 @@ def _serve(requests, reply) -> None:
                 reply({"step_s": step_s} | ({"device_s": prepared.device_s} if prepared.device_s else {})
                       | ({"faults_per_step": prepared.faults_per_step} if prepared.faults_per_step is not None else {}))
             elif cmd == "profile":
-                columns, raw = sessions[message["key"]].profile(message["steps"])
+                columns, raw = sessions[message["key"]].profile(message["steps"], message.get("peak_bytes_per_s"))
                 reply({"columns": columns, "profile": raw})
             elif cmd == "drop":
                 sessions.pop(message["key"], None)

@@ -56,6 +56,15 @@ def test_roofs_come_from_the_peaks_bench_measure_records():
     assert plots.machine_roofs(records()) == {"cpu": (5e10, 1e10)}
 
 
+def test_a_cpu_roof_is_the_best_bandwidth_any_groups_rounds_sampled():
+    df = records()
+    df["peak_bytes_per_s_start"] = 1e10
+    df["peak_bytes_per_s"] = [3e10 if b == 1 else 2e10 for b in df["batch"]]  # each group's own
+    assert plots.machine_roofs(df) == {"cpu": (5e10, 3e10)}
+    notes = [t.get_text() for ax in plots.roofline(df).axes for t in ax.texts]
+    assert "30 GB/s" in notes and any("its own group's" in t.replace("\n", " ") for t in notes)
+
+
 def test_a_long_roofs_source_does_not_widen_the_roofline():
     """A GPU's peaks source (its name and kernels) once ran past the axes and squeezed the plot."""
     def drawn_width(source):

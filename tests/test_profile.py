@@ -118,3 +118,17 @@ def test_pytorch_on_a_cpu_splits_its_step_by_a_module_clock_and_keeps_the_profil
     assert columns["profile_source"].startswith("classes: a module clock")
     assert ops and {op["name"] for op in ops} != {"module"}  # the raw ops are torch.profiler's aten ops
     assert columns["profile_ops_per_step"] == len(ops) / columns["profile_steps"]
+
+
+def test_the_bounds_take_the_bandwidth_the_rounds_sampled_when_given(monkeypatch):
+    monkeypatch.delenv("BENCH_WORKER", raising=False)
+    settings = dataclasses.replace(measure.load_config().quick, roofline=True)
+    prepared = measure.prepare(tiny(variants.get("practical").spec), "torch", "cpu", 2, 6, settings=settings)
+    assert prepared.record["status"] == "prepared", prepared.record["error"]
+    prepared.time_burst(3)
+    peak_flops, start_bytes = prepared.record["peak_flops_per_s"], prepared.record["peak_bytes_per_s"]
+    window = start_bytes / 4
+    _, raw = prepared.profile(3, peak_bytes_per_s=window)
+    for cls, entry in raw["classes"].items():
+        assert entry["bound_ms_this_machine"] == pytest.approx(
+            1e3 * max(entry["flops"] / peak_flops, entry["bytes"] / window)), cls

@@ -75,3 +75,16 @@ def test_a_runtime_that_cannot_measure_is_named_and_left_out(monkeypatch):
     monkeypatch.setattr(adapters, "load", lambda fw: type("A", (), {"host_rates": staticmethod(broken)}))
     peaks = roofline.host_peaks("bfloat16")
     assert peaks.flops_per_s == 250e9 and "no bfloat16 matmul here" in peaks.source
+
+
+def test_the_bandwidth_probe_times_a_real_copy_and_read_and_gives_the_better_rate(monkeypatch):
+    probe = roofline.BandwidthProbe(nbytes=8 * 2**20)
+    try:
+        assert probe.nbytes == 8 * 2**20 and probe.dst.sum() == probe.src.size  # the copy ran over every slice
+        rate = probe.sample()
+        assert 1e8 < rate < 1e13  # between 0.1 GB/s and 10 TB/s: a rate, not a time or a count
+        times = iter([0.0, 0.004, 0.0, 0.001])  # copy 4 ms (2 x 8 MiB moved), read 1 ms (8 MiB)
+        monkeypatch.setattr(roofline.time, "perf_counter", lambda: next(times))
+        assert probe.sample() == pytest.approx(8 * 2**20 / 0.001)
+    finally:
+        probe.close()

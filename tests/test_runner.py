@@ -307,8 +307,24 @@ def test_a_failed_prepare_a_python_error_and_deaths_while_building_or_warming_ea
     assert len(on_disk["records"]) == 5 and on_disk["meta"]["status"] == "complete"
 
 
-def test_sessions_are_built_together_then_warmed_one_at_a_time_and_the_first_measures_the_peaks(tmp_path):
+class ScriptedProbe:
+    """roofline.BandwidthProbe with set samples: 20, 30, 40, ... GB/s, one per call."""
+    samples: list[float] = []
+
+    def __init__(self):
+        ScriptedProbe.samples = []
+
+    def sample(self) -> float:
+        ScriptedProbe.samples.append((20 + 10 * len(ScriptedProbe.samples)) * 1e9)
+        return ScriptedProbe.samples[-1]
+
+    def close(self) -> None:
+        pass
+
+
+def test_sessions_are_built_together_then_warmed_one_at_a_time_and_the_first_measures_the_peaks(tmp_path, monkeypatch):
     lab = FakeWorkers()
+    monkeypatch.setattr(runner.roofline, "BandwidthProbe", ScriptedProbe)
     settings = dataclasses.replace(SETTINGS, prepare_workers=2, roofline=True)
     summary, _ = go(tmp_path, lab, plan(batches=(1, 64)), settings=settings)
     assert all(r["status"] == "ok" for r in summary.records)
@@ -318,8 +334,34 @@ def test_sessions_are_built_together_then_warmed_one_at_a_time_and_the_first_mea
         group = [cmd for cmd, b in cmds if b == batch]
         assert group[:6] == ["prepare"] * 3 + ["warm"] * 3 and set(group[6:]) == {"time"}
     assert [peaks is None for _, peaks in lab.warmed_with] == [True] + [False] * 5  # measured once, alone
-    assert {r["peaks_source"] for r in summary.records} == {"fake"} and all(r["roofline_fraction"] > 0
-                                                                            for r in summary.records)
+    assert all(r["peaks_source"].endswith("at the run's start 10.0, fake") for r in summary.records)
+    assert all(r["roofline_fraction"] > 0 and r["peak_flops_per_s"] == 1e11 for r in summary.records)
+
+
+def test_a_cpu_roofline_uses_the_best_bandwidth_sampled_in_its_own_groups_rounds(tmp_path, monkeypatch):
+    lab = FakeWorkers()
+    monkeypatch.setattr(runner.roofline, "BandwidthProbe", ScriptedProbe)
+    settings = dataclasses.replace(SETTINGS, roofline=True, warmup_rounds=1)
+    summary, _ = go(tmp_path, lab, plan(batches=(1, 64)), settings=settings)
+    by_batch = {b: [r for r in summary.records if r["batch"] == b] for b in (1, 64)}
+    rounds = {b: rs[0]["rounds"] for b, rs in by_batch.items()}
+    assert len(ScriptedProbe.samples) == rounds[1] + rounds[64]  # one per kept round, none in warm-up rounds
+    first, second = ScriptedProbe.samples[:rounds[1]], ScriptedProbe.samples[rounds[1]:]
+    for batch, samples in ((1, first), (64, second)):
+        for r in by_batch[batch]:
+            assert r["peak_bytes_per_s"] == max(samples) and r["peak_bytes_per_s_start"] == 1e10
+            bound_ms = 1e3 * max(r["flops_per_step"] / 1e11, r["bytes_per_step"] / max(samples))
+            assert r["roofline_bound_ms"] == pytest.approx(bound_ms)
+            assert r["roofline_fraction"] == pytest.approx(bound_ms / r["latency_ms_p50"])
+            assert f"the best of {len(samples)} numpy copy/read samples" in r["peaks_source"]
+
+
+def test_no_probe_without_a_roofline(tmp_path, monkeypatch):
+    lab = FakeWorkers()
+    monkeypatch.setattr(runner.roofline, "BandwidthProbe", ScriptedProbe)
+    ScriptedProbe.samples = []
+    summary, _ = go(tmp_path, lab, plan(), settings=dataclasses.replace(SETTINGS, roofline=False))
+    assert ScriptedProbe.samples == [] and all(r.get("peak_bytes_per_s_start") is None for r in summary.records)
 
 
 def test_every_live_session_is_dropped_and_unneeded_workers_retire(tmp_path, monkeypatch):
