@@ -48,7 +48,7 @@ def measure_group(plan: RunPlan, settings: MeasureSettings) -> dict[str, Any]:
         for path in (Path(folder) / PROFILES_DIR).glob("*.json.gz"):
             data = json.loads(gzip.decompress(path.read_bytes()))
             profiles[data.pop("key")] = data
-    return {"records": writer.records, "rounds": writer.raw_times, "profiles": profiles}
+    return {"records": writer.records, "rounds": writer.raw_times, "profiles": profiles, "bandwidth": writer.bandwidth}
 
 
 def _task_resources(ray: Any, device: str) -> dict[str, Any]:
@@ -97,7 +97,8 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                     continue
                 for record in result["records"]:
                     key = raw_key(record)
-                    writer.add(record, result["rounds"].get(key), result["profiles"].get(key))
+                    writer.add(record, result["rounds"].get(key), result["profiles"].get(key),
+                               result.get("bandwidth", {}).get(key, ()))
                 if progress:
                     print(f"bench: {len(writer.records)}/{len(plan.jobs())} measured (ray)", flush=True)
     finally:

@@ -357,7 +357,7 @@ def roofline(df: pd.DataFrame) -> Figure | None:
                         textcoords="offset points", ha="right", va="bottom", fontsize=5.5, color="0.3")
             note = None
             if "peak_bytes_per_s_start" in pts and pts["peak_bytes_per_s_start"].notna().any():
-                note = ("bandwidth roof: the best sampled in any group's rounds; each record's roofline_fraction "
+                note = ("bandwidth roof: the highest of the groups' sampled bandwidths; each record's roofline_fraction "
                         "uses its own group's (peaks_source)")
             elif "peaks_source" in pts and pts["peaks_source"].notna().any():
                 note = f"roofs measured with {pts['peaks_source'].dropna().iloc[0]}"

@@ -106,6 +106,7 @@ class RunWriter:
         self.meta: dict[str, Any] = dict(meta)
         self.records: list[dict[str, Any]] = []
         self.raw_times: dict[str, list[list[float]]] = {}
+        self.bandwidth: dict[str, list[float]] = {}  # raw key -> its group's bandwidth samples (bytes/s)
         self.table_md = table_md
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -114,9 +115,11 @@ class RunWriter:
             raise ResultsError(f"{self.dir}: cannot write a run folder here ({e.strerror or e})") from None
 
     def add(self, record: Mapping[str, Any], rounds: Sequence[Sequence[float]] | None = None,
-            profile: Mapping[str, Any] | None = None) -> None:
-        """Store a record and its step times in seconds, one list per interleaved round, and its raw
-        profile ({"classes": ..., "ops": [...]}, bench.measure.Prepared.profile) when it was profiled."""
+            profile: Mapping[str, Any] | None = None, bandwidth: Sequence[float] = ()) -> None:
+        """Store a record and its step times in seconds, one list per interleaved round, its raw
+        profile ({"classes": ..., "ops": [...]}, bench.measure.Prepared.profile) when it was profiled,
+        and the bandwidth its roofline was sampled from (bytes/s, one per round; raw_times.json's
+        "bandwidth")."""
         if profile is not None:
             profile_path(self.dir, record).parent.mkdir(exist_ok=True)
             text = _dumps({"key": raw_key(record), **profile})
@@ -124,6 +127,8 @@ class RunWriter:
         self.records.append(dict(record))
         if rounds is not None:
             self.raw_times[raw_key(record)] = [[float(t) for t in burst] for burst in rounds]
+        if bandwidth:
+            self.bandwidth[raw_key(record)] = [float(b) for b in bandwidth]
         self.flush()
 
     def finish(self, status: str = "complete", **meta: Any) -> None:
@@ -137,7 +142,8 @@ class RunWriter:
     def flush(self) -> None:
         df = frame(self.records)
         # raw times first: results.json is what marks a record as present
-        atomic_write_text(self.dir / RAW_TIMES_JSON, _dumps({"unit": "s", "key": list(ROW_KEY), "layout": "rounds", "times": self.raw_times}))
+        atomic_write_text(self.dir / RAW_TIMES_JSON, _dumps({"unit": "s", "key": list(ROW_KEY), "layout": "rounds", "times": self.raw_times,
+                                                                  "bandwidth": self.bandwidth}))
         atomic_write_text(self.dir / RESULTS_CSV, df.to_csv(index=False))
         if self.table_md is not None:
             atomic_write_text(self.dir / TABLE_MD, self.table_md(df))

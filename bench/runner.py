@@ -439,7 +439,7 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                         raise
                     finally:  # an interrupted group still keeps every round it timed
                         for job, record in _finish(group, settings).items():
-                            writer.add(record, group.rounds[job], group.profiles.get(job))
+                            writer.add(record, group.rounds[job], group.profiles.get(job), group.bandwidth)
                             bar.console.print(_done_line(record, job), highlight=False)
                         for job in [] if pool.stopped else group.alive:
                             try:
