@@ -287,10 +287,10 @@ def finish(record: Mapping[str, Any], rounds: Sequence[Sequence[float]], setting
     throughput and the roofline fraction; with `device_s` (the same steps on the device's clock, CUDA
     events) their p50 and p90 too; with `faults_per_step` (each round's minor page faults per step)
     their median; with `bandwidth_samples` (bench.roofline.BandwidthProbe, one per round of these
-    rounds) the roofline's bandwidth is theirs (window_bandwidth). Pure: no framework, nothing timed."""
+    rounds) the roofline's bandwidth is theirs (window_peak_columns). Pure: no framework, nothing timed."""
     record = dict(record)
     if bandwidth_samples and record.get("peak_bytes_per_s"):
-        record.update(window_bandwidth(record, bandwidth_samples))
+        record.update(window_peak_columns(record, bandwidth_samples))
     if device_s:
         device = stats.latency_stats(list(device_s))
         record.update(latency_ms_p50_device=device.latency_ms_p50, latency_ms_p90_device=device.latency_ms_p90)
@@ -323,25 +323,16 @@ def finish(record: Mapping[str, Any], rounds: Sequence[Sequence[float]], setting
     return record
 
 
-def window_bandwidth(record: Mapping[str, Any], samples: Sequence[float]) -> dict[str, Any]:
-    """The peak columns with the bandwidth of the rounds a record was timed in, in place of the
-    run-start peak (which `peak_bytes_per_s_start` keeps): the 90th percentile of the probe's samples,
-    one per round. Not their best, as STREAM takes on a quiet machine: on the reference VM single
-    samples spiked to 45-54 GB/s in windows whose median was 33-36, and the best of N samples grows
-    with N, so a fraction would depend on how many rounds its group ran."""
-    high, start = _percentile(samples, 0.9), record["peak_bytes_per_s"]
+def window_peak_columns(record: Mapping[str, Any], samples: Sequence[float]) -> dict[str, Any]:
+    """The peak columns with the bandwidth of the rounds a record was timed in (roofline.window_bandwidth
+    of the probe's samples, one per round) in place of the run-start peak, which
+    `peak_bytes_per_s_start` keeps."""
+    high, start = roofline.window_bandwidth(samples), record["peak_bytes_per_s"]
     return {"peak_bytes_per_s": high, "peak_bytes_per_s_start": start,
             "peaks_source": f"bandwidth {high / 1e9:.1f} GB/s: the 90th percentile of {len(samples)} numpy copy/read "
                             f"samples, one per round between the bursts (median {statistics.median(samples) / 1e9:.1f}, "
                             f"range {min(samples) / 1e9:.1f}-{max(samples) / 1e9:.1f}); at the run's start "
                             f"{start / 1e9:.1f}, {record.get('peaks_source') or ''}"}
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    """numpy's default (linear) percentile, q in (0, 1)."""
-    if len(values) == 1:
-        return float(values[0])
-    return statistics.quantiles(values, n=100, method="inclusive")[round(100 * q) - 1]
 
 
 def measure(variant, framework: str, device: str, batch: int, chunk_frames: int, *, dtype: str = "float32",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 COPY_BYTES = 256 * 2**20  # per array: far beyond any CPU cache, small enough for a laptop
 MATMUL_N = 2048  # 2 x 2048^3 = 17 GFLOP; one call takes ~0.1-0.3 s on 2 cores
@@ -150,6 +150,16 @@ class BandwidthProbe:
 
     def close(self) -> None:
         self._pool.shutdown()
+
+
+def window_bandwidth(samples: Sequence[float]) -> float:
+    """The bandwidth of a window of rounds from BandwidthProbe's samples, one per round: their 90th
+    percentile. Not their best, as STREAM takes on a quiet machine: on the reference VM single samples
+    spiked to 45-54 GB/s in windows whose median was 33-36, and the best of N samples grows with N, so
+    a fraction would depend on how many rounds its group ran."""
+    import numpy as np
+
+    return float(np.percentile(samples, 90))
 
 
 def _elapsed(fn: Callable[[], Any]) -> float:

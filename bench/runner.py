@@ -417,10 +417,11 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
     clock_start = machine.cpu_clock_mhz()
     summary.busy_before = machine.busy_cores()
     known_peaks: dict[tuple, dict[str, Any]] = {}  # _peaks_key -> peak columns, measured once
-    # a CPU roofline's bandwidth is sampled in every round (the machine's while the steps ran)
-    probe = roofline.BandwidthProbe() if settings.roofline and plan.device == "cpu" else None
+    probe: roofline.BandwidthProbe | None = None
     with recording(writer, summary):
         try:
+            # a CPU roofline's bandwidth is sampled in every round (the machine's while the steps ran)
+            probe = roofline.BandwidthProbe() if settings.roofline and plan.device == "cpu" else None
             with _progress(progress) as bar:
                 task = bar.add_task("starting", total=len(plan.jobs()))
                 for index, jobs in enumerate(plan.groups()):
@@ -602,7 +603,7 @@ def _profile(group: _Group, settings: MeasureSettings, pool: WorkerPool, bar, ta
         try:
             request = {"cmd": "profile", "key": session_key(job), "steps": settings.profile_steps}
             if group.bandwidth and group.records[job].get("peak_bytes_per_s"):  # the bounds use the rounds' bandwidth
-                request["peak_bytes_per_s"] = measure.window_bandwidth(group.records[job], group.bandwidth)["peak_bytes_per_s"]
+                request["peak_bytes_per_s"] = roofline.window_bandwidth(group.bandwidth)
             reply = pool.get(job).request(request, settings.timeout_s)
         except WorkerDied as e:  # the session is gone with its worker; the rounds it was timed in stand
             group.records[job]["profile_error"] = str(e)
