@@ -132,3 +132,19 @@ def test_the_bounds_take_the_bandwidth_the_rounds_sampled_when_given(monkeypatch
     for cls, entry in raw["classes"].items():
         assert entry["bound_ms_this_machine"] == pytest.approx(
             1e3 * max(entry["flops"] / peak_flops, entry["bytes"] / window)), cls
+
+
+def test_onnxruntime_profiles_only_the_steps_after_its_sessions_warm_up(monkeypatch):
+    """ONNX Runtime's profiler records from the session's start, whose first runs are cold: the ops
+    kept are those of the profiled steps alone, not of the warm-up runs before them."""
+    from bench.adapters import onnxruntime_adapter
+
+    monkeypatch.delenv("BENCH_WORKER", raising=False)
+    prepared = measure.prepare(_conv_only(), "onnxruntime", "cpu", 2, 6, settings=measure.load_config().quick)
+    assert prepared.record["status"] == "prepared", prepared.record["error"]
+    session, state = prepared.session, prepared.state
+    monkeypatch.setattr(onnxruntime_adapter, "PROFILE_WARMUP_STEPS", 0)
+    one_run, _, state = session.profile_ops(state, 1)
+    monkeypatch.setattr(onnxruntime_adapter, "PROFILE_WARMUP_STEPS", 3)
+    ops, _, _ = session.profile_ops(state, 2)
+    assert one_run and len(ops) == 2 * len(one_run)  # 5 runs' worth if the warm-up's were kept
