@@ -107,10 +107,18 @@ class ConvModule(nn.Module):
         return a * nn.sigmoid(gate)
 
     def _depthwise(self, x):  # x already padded: [B, T + K - 1, d] -> [B, T, d]
-        t = x.shape[1] - self.kernel_size + 1
-        if t <= schedule.DEPTHWISE_WINDOW_FRAMES:  # output frame i: the kernel placed at input frames i..i+K-1
-            frames = [jnp.sum(x * jnp.pad(self.depthwise_kernel, ((i, t - 1 - i), (0, 0))), axis=1) for i in range(t)]
-            return jnp.stack(frames, axis=1) + self.depthwise_bias
+        k = self.kernel_size
+        t = x.shape[1] - k + 1
+        if t <= schedule.DEPTHWISE_WINDOW_FRAMES:
+            # Output frame i is sum_j x[i + j] * kernel[j]: summed here tap by tap over shifted
+            # windows, elementwise work that XLA fuses into one loop. PyTorch's form (a product with
+            # the kernel placed at each frame, then a sum over the window axis) became a reduce that
+            # XLA:CPU ran 5-10x slower (jax 0.10.2, K=32, d=384: 0.20 ms a block at b=1, 2.1-3.6 ms
+            # at b=64; this form 0.02-0.06 and 0.35-0.42)
+            y = x[:, :t] * self.depthwise_kernel[0]
+            for j in range(1, k):
+                y = y + x[:, j:j + t] * self.depthwise_kernel[j]
+            return y + self.depthwise_bias
         y = jax.lax.conv_general_dilated(
             x, self.depthwise_kernel[:, None, :], window_strides=(1,), padding="VALID",
             dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=self.model_dim)
