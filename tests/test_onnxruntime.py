@@ -15,6 +15,7 @@ from bench.machine import DeviceUnavailableError, resolve_device
 from tiny import stream, tiny_variants
 from variants import analytic, onnx_encoder, torch_model
 from variants.onnx_encoder import phase
+from variants.state import array_leaves
 
 TINY = tiny_variants()
 TOL = 1e-4
@@ -214,3 +215,44 @@ def test_session_threads_spin_within_a_run_only(built):
     options = built["practical"][1].session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
+@pytest.mark.parametrize("name", PHASED)
+def test_a_timed_step_runs_a_binding_made_beforehand_and_equals_the_encoders_step(name):
+    """The harness's step (onnxruntime_adapter.BoundStep) reads and writes buffers bound once: through
+    every phase (3-frame chunks, a 2x reduction) it gives exactly the encoder's own step, once warm it
+    binds nothing (io_binding refused), and a fresh stream after it starts over."""
+    from conftest import TEST_DEVICE
+    from bench.adapters import load
+    from tiny import tiny
+
+    session = load("onnxruntime").prepare(
+        tiny(variants.get(name).spec), batch=2, chunk_frames=3, dtype="float32", mode="session", seed=0,
+        precision="highest", native_device=resolve_device("onnxruntime", TEST_DEVICE if TEST_DEVICE != "tpu" else "cpu"))
+
+    def arrays(y, state):
+        return [y.numpy(), *(a.numpy() for a in array_leaves(state))]
+
+    expected, state = [], session.initial_state()
+    for _ in range(8):
+        y, state = session.encoder.step_native(session.x, state)
+        expected.append(arrays(y, state))
+
+    def check(steps, state):
+        for want in steps:
+            y, state = session.step(state)
+            for got, ref in zip(arrays(y, state), want, strict=True):
+                np.testing.assert_array_equal(got, ref)
+        return state
+
+    state = check(expected[:4], session.initial_state())
+
+    def refuse():
+        raise AssertionError("a warm step made a binding")
+
+    for graph in session.graphs.values():
+        graph.session.io_binding = refuse
+    check(expected[4:], state)
+    for graph in session.graphs.values():
+        del graph.session.io_binding
+    check(expected[:2], session.initial_state())
