@@ -24,13 +24,18 @@ PHASED = ("baseline", "practical_cascade")  # variants also streamed in 2-frame 
 INT8_RMS_BOUND = 0.08  # int8 vs float32 outputs, RMS error over RMS output (tiny models: 0.03-0.04 measured)
 
 
+def _device():
+    """ONNX Runtime's device for the tests: the test device, or the CPU where that is a TPU."""
+    from conftest import TEST_DEVICE
+
+    return resolve_device("onnxruntime", TEST_DEVICE if TEST_DEVICE != "tpu" else "cpu")
+
+
 @pytest.fixture(scope="module")
 def built():
     """The PyTorch and ONNX Runtime encoders of every tiny variant, sharing weights (different seeds:
     the parity must come from load_weights)."""
-    from conftest import TEST_DEVICE
-
-    device = resolve_device("onnxruntime", TEST_DEVICE if TEST_DEVICE != "tpu" else "cpu")
+    device = _device()
     out = {}
     for name, spec in TINY.items():
         torch_enc = variants.build(spec, "torch", seed=1)
@@ -222,13 +227,10 @@ def test_a_timed_step_runs_a_binding_made_beforehand_and_equals_the_encoders_ste
     """The harness's step (onnxruntime_adapter.BoundStep) reads and writes buffers bound once: through
     every phase (3-frame chunks, a 2x reduction) it gives exactly the encoder's own step, once warm it
     binds nothing (io_binding refused), and a fresh stream after it starts over."""
-    from conftest import TEST_DEVICE
     from bench.adapters import load
-    from tiny import tiny
 
-    session = load("onnxruntime").prepare(
-        tiny(variants.get(name).spec), batch=2, chunk_frames=3, dtype="float32", mode="session", seed=0,
-        precision="highest", native_device=resolve_device("onnxruntime", TEST_DEVICE if TEST_DEVICE != "tpu" else "cpu"))
+    session = load("onnxruntime").prepare(TINY[name], batch=2, chunk_frames=3, dtype="float32", mode="session",
+                                          seed=0, precision="highest", native_device=_device())
 
     def arrays(y, state):
         return [y.numpy(), *(a.numpy() for a in array_leaves(state))]

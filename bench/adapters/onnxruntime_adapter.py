@@ -48,8 +48,9 @@ class OrtSession:
         self.runtime_options = (f"{enc.describe()} (bound once per phase: two state buffer sets, nothing bound "
                                 f"per step); {len(self.graphs)} step graph(s), "
                                 f"{'loaded from the export cache' if cached else 'exported in this run'}")
-        self._bound = BoundStep(self.graphs, self.x, self.initial_state(), native_device)
-        self.main_graph = self.graphs[phase(self.initial_state())]  # the steady phase's (what is counted)
+        initial = self.initial_state()
+        self._bound = BoundStep(self.graphs, self.x, initial, native_device)
+        self.main_graph = self.graphs[phase(initial)]  # the steady phase's (what is counted)
         # what a step reads (int8 where quantised), and what quantisation changed
         self.step_weight_bytes, self.quantized = enc.graph_weights(self.main_graph)
 
@@ -151,7 +152,7 @@ class OrtSession:
 class BoundStep:
     """The step as a serving loop runs it: every input and output bound once, so a step is one
     `run_with_iobinding` that reads one set of state buffers and writes the other, with no binding, no
-    allocation and no state tree built in Python (binding a step's 50-90 arrays afresh, as
+    allocation and no state tree built in Python (binding a step's 46-70 inputs and as many outputs afresh, as
     `OnnxEncoder.run_step` does, cost 1.0-1.5 ms of practical's 12 ms and the baseline's 25 ms step at
     batch 1 on the reference CPU).
 
@@ -164,33 +165,32 @@ class BoundStep:
     def __init__(self, graphs: dict[tuple, Graph], x: Any, state: Any, device: OrtDevice):
         self.graphs, self.x, self.device = graphs, x, device
         leaves = list(array_leaves(state))
-        self.buffers = [[self._empty(a.shape(), _NUMPY_TYPES[a.data_type()]) for a in leaves] for _ in range(2)]
-        self.outputs: list[dict[tuple, Any]] = [{}, {}]  # per set: the output y of each phase graph
-        self.next_states: dict[tuple, Any] = {}  # (phase, set) -> the next state's tree over that set
-        self._known: dict[int, tuple[tuple, int]] = {}  # id of a tree of next_states -> (its phase, its set)
+        self.buffers = [[self._empty(a.shape(), a.element_type()) for a in leaves] for _ in range(2)]
+        self._written: dict[tuple, tuple[Any, Any]] = {}  # (phase, set) -> (output y, next state's tree) it writes
+        self._known: dict[int, tuple[tuple, int]] = {}  # id of a next state's tree -> (its phase, its set)
         self._bindings: dict[tuple, tuple[Any, Graph, Any, Any]] = {}  # (phase, source set) -> what a step runs
 
-    def _empty(self, shape, dtype) -> Any:
-        return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device.kind, self.device.index)
+    def _empty(self, shape, element_type) -> Any:
+        return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), element_type, self.device.kind,
+                                                         self.device.index)
 
     def _bind(self, key: tuple, inputs: list, dst: int) -> tuple[Any, Graph, Any, Any]:
         """A binding of phase `key`'s graph reading `inputs` and writing set `dst`, with its output y and
-        the next state's tree over that set."""
+        the next state's tree over that set (both made once per phase and set)."""
         graph = self.graphs[key]
         session = graph.session
         outputs = session.get_outputs()
-        y = self.outputs[dst].get(key)
-        if y is None:
-            y = self.outputs[dst][key] = self._empty(outputs[0].shape, _NUMPY_TYPES[outputs[0].type])
+        if (key, dst) not in self._written:
+            next_state = with_arrays(graph.template, self.buffers[dst])
+            # y is the encoder's float32 output; kept alive in _written, so the tree's id stays unique
+            self._written[(key, dst)] = (self._empty(outputs[0].shape, np.float32), next_state)
+            self._known[id(next_state)] = (phase(next_state), dst)
+        y, next_state = self._written[(key, dst)]
         binding = session.io_binding()
         for meta, value in zip(session.get_inputs(), [self.x, *inputs]):
             binding.bind_ortvalue_input(meta.name, value)
         for meta, value in zip(outputs, [y, *self.buffers[dst]]):
             binding.bind_ortvalue_output(meta.name, value)
-        next_state = self.next_states.get((key, dst))
-        if next_state is None:
-            next_state = self.next_states[(key, dst)] = with_arrays(graph.template, self.buffers[dst])
-            self._known[id(next_state)] = (phase(next_state), dst)  # kept alive in next_states: ids stay unique
         return binding, graph, y, next_state
 
     def __call__(self, state: Any) -> tuple[Any, Any]:
@@ -208,8 +208,6 @@ class BoundStep:
         graph.session.run_with_iobinding(binding)
         return y, next_state
 
-
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(bool)": np.bool_}  # what a step's arrays hold
 
 # Runs of the profiling session before the profiled ones. A new session's first runs grow its arena
 # and fault in fresh pages: at batch 64 a Split of the conv state took 7-8 ms in the first two runs
