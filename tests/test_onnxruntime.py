@@ -6,6 +6,9 @@ Each graph is an export of a few seconds, so the schedules here are the ones tha
 shapes cheaply: one chunk, chunks longer than the left context, and (for two variants) 2-frame chunks
 whose time-reduction phases include steps where a block receives no frame."""
 
+import os
+import time
+
 import numpy as np
 import pytest
 
@@ -95,6 +98,59 @@ def test_export_is_cached_by_weights(built):
     other = variants.build(spec, "onnxruntime", seed=5)  # other weights: another graph
     other.step(x, other.init_state(2))
     assert [g.exported for g in other._graphs.values()] == [True]
+
+
+def test_a_graph_loaded_from_the_cache_is_marked_used(built):
+    spec = TINY["practical"]
+    torch_enc, _ = built["practical"]
+    x = _frames(spec)[:, :6]
+    first = variants.build(spec, "onnxruntime", seed=2)
+    first.load_weights(torch_enc.weights())
+    (graph,) = [first.step_graph(x.shape, first.init_state(2))]
+    os.utime(graph.path, (1_000_000, 1_000_000))  # last used in 1970
+    again = variants.build(spec, "onnxruntime", seed=2)
+    again.load_weights(torch_enc.weights())
+    again.step(x, again.init_state(2))
+    assert [g.exported for g in again._graphs.values()] == [False]
+    assert time.time() - graph.path.stat().st_mtime < 600  # prune_cache now keeps it before older ones
+
+
+def _cached(folder, stem, sizes, used):
+    for suffix, size in sizes.items():
+        path = folder / f"{stem}{suffix}"
+        path.write_bytes(b"x" * size)
+        os.utime(path, (used, used))
+
+
+def test_the_export_cache_deletes_the_graphs_used_longest_ago_down_to_its_bound(tmp_path):
+    now = 1_000_000_000.0
+    hour = onnx_encoder.CACHE_IN_USE_S
+    _cached(tmp_path, "step-old", {".onnx": 400, ".weights.json": 10}, now - 30 * hour)
+    _cached(tmp_path, "step-older", {".onnx": 300}, now - 40 * hour)
+    _cached(tmp_path, "step-mid", {".onnx": 200}, now - 20 * hour)
+    _cached(tmp_path, "step-new", {".onnx": 500}, now - 0.5 * hour)  # in use: never deleted
+    (tmp_path / "tmpdir").mkdir()  # an export being written (a partial file in its own folder): left alone
+
+    deleted = onnx_encoder.prune_cache(tmp_path, limit_bytes=800, now=now)
+    # 1410 bytes: the oldest two groups (300, then 410 with the graph's companion) bring it to 700
+    assert sorted(p.name for p in deleted) == ["step-old.onnx", "step-old.weights.json", "step-older.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-mid.onnx", "step-new.onnx", "tmpdir"]
+
+    assert onnx_encoder.prune_cache(tmp_path, limit_bytes=100, now=now) == [tmp_path / "step-mid.onnx"]
+    assert [p.name for p in tmp_path.glob("*.onnx")] == ["step-new.onnx"]  # over the bound, but in use
+    assert onnx_encoder.prune_cache(tmp_path / "absent", limit_bytes=0, now=now) == []
+
+
+def test_the_export_cache_bound_is_read_from_the_environment(monkeypatch):
+    monkeypatch.delenv(onnx_encoder.CACHE_LIMIT_ENV, raising=False)
+    assert onnx_encoder.cache_limit_bytes() == onnx_encoder.CACHE_LIMIT_GB * 1e9
+    monkeypatch.setenv(onnx_encoder.CACHE_LIMIT_ENV, "2.5")
+    assert onnx_encoder.cache_limit_bytes() == 2.5e9
+    monkeypatch.setenv(onnx_encoder.CACHE_LIMIT_ENV, "0")
+    assert onnx_encoder.cache_limit_bytes() == float("inf")
+    monkeypatch.setenv(onnx_encoder.CACHE_LIMIT_ENV, "lots")
+    with pytest.raises(ValueError, match="BENCH_ONNX_CACHE_GB='lots' is not a number of GB"):
+        onnx_encoder.cache_limit_bytes()
 
 
 def test_initial_weights_are_named_by_their_seed_and_loaded_ones_by_their_values(built):

@@ -9,10 +9,12 @@ reduction (the harness's 60 ms) there is one phase. The state is explicit: the s
 `x` and every state array (`state.<path>`, variants.state's paths) and returns `y` and the next state
 (`next.<path>`).
 
-Graphs are exported with `torch.onnx.export(..., dynamo=True)` and cached on disk by what decides their
-content (spec, weights, shapes, phase, the model's source code, torch/onnx/onnxscript/onnxruntime
-versions, opset, quantisation), so a second run loads them without exporting. dtype "int8" is ONNX Runtime's dynamic quantisation of the MatMul
-weights (`onnxruntime.quantization.quantize_dynamic`): weights int8, activations and state float32.
+Graphs are exported by variants.onnx_export (`torch.onnx.export(..., dynamo=True)`) and cached on disk
+by what decides their content (spec, weights, shapes, phase, the source of the model and of the export,
+torch/onnx/onnxscript/onnxruntime versions, opset, quantisation), so a second run loads them without
+exporting; the cache is bounded (BENCH_ONNX_CACHE_GB), the graphs used longest ago going first. dtype
+"int8" is ONNX Runtime's dynamic quantisation of the MatMul weights
+(`onnxruntime.quantization.quantize_dynamic`): weights int8, activations and state float32.
 
 Sessions run through IO binding: the state stays an `OrtValue` on the session's device between steps,
 and only the chunk and the outputs cross to the host (on a GPU, the CUDA execution provider).
@@ -25,11 +27,10 @@ import functools
 import hashlib
 import importlib.metadata
 import json
-import logging
 import os
 import platform
 import tempfile
-import warnings
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -40,19 +41,22 @@ import torch
 
 from variants.build import CACHE_ROOT, cpu_flags, usable_cores
 from variants.encoder import NumpyEncoder
+from variants.onnx_export import OPSET, QUANTIZED_OPS, Flat, export, quantize
 from variants.spec import EncoderSpec
-from variants.state import array_leaves, map_arrays, named_arrays, phase, with_arrays
+from variants.state import array_leaves, map_arrays, phase, with_arrays
 from variants.torch_encoder import TorchEncoder
 
-OPSET = 18
 CACHE_ENV = "BENCH_ONNX_CACHE"  # where exported graphs are kept; default ~/.cache/practical-conformer-bench/onnx
-QUANTIZED_OPS = ("MatMul",)  # what dtype "int8" quantises: every MatMul with a constant weight
+# The cache's bound: after an export, the graphs used longest ago are deleted until the folder holds at
+# most this many GB (the ladder's float32 and int8 graphs take ~4 GB per revision of the model).
+CACHE_LIMIT_ENV, CACHE_LIMIT_GB = "BENCH_ONNX_CACHE_GB", 10.0
+CACHE_IN_USE_S = 3600.0  # a graph used this recently is never deleted: a run beside may be about to load it
 GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
 _ARRAY = object()  # an array's place in a state template (None would read as "no array")
 _TORCH_DTYPES = {"tensor(float)": torch.float32, "tensor(bool)": torch.bool}  # a state's OrtValue types
 _VERSIONED = ("torch", "onnx", "onnxscript", "onnxruntime")  # an export or quantisation changes with these
-# ... and with the code that is exported: a revision that changes the PyTorch model exports anew
-_MODEL_SOURCES = ("torch_model.py", "schedule.py", "state.py", "onnx_encoder.py")
+# ... and with the code that is exported: a revision that changes the PyTorch model or the export exports anew
+_MODEL_SOURCES = ("torch_model.py", "schedule.py", "state.py", "onnx_export.py")
 # ... and with the weights; the seeded initial ones follow from the seed, this code and numpy's generator
 _INIT_SOURCES = ("init.py", "performer_features.py")
 
@@ -106,80 +110,6 @@ class OrtDevice:
 
 def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or CACHE_ROOT / "onnx")
-
-
-class _Flat(torch.nn.Module):
-    """A method of the encoder module over flat tensors, as the exporter takes them: (x, *state arrays)
-    -> (y, *next-state arrays). The state's ints (buffer counts) are fixed in the template: one phase."""
-
-    def __init__(self, module: torch.nn.Module, method: str, template: Any = None):
-        super().__init__()
-        self.module, self.method, self.template = module, method, template
-
-    def forward(self, x, *arrays):
-        if self.template is None:
-            return getattr(self.module, self.method)(x)
-        y, state = self.module.step(x, with_arrays(self.template, arrays))
-        return (y, *array_leaves(state))
-
-
-@contextlib.contextmanager
-def _cudnn_flags_torch_export_can_read():
-    """torch.export reads the legacy `cudnn.allow_tf32`, which raises in torch 2.13 once cuDNN's conv
-    precision is "ieee" (as bench's `precision = highest` sets it in a process that also runs PyTorch).
-    An export computes nothing, so the default is restored around it."""
-    cudnn = getattr(torch.backends.cudnn, "conv", None)
-    if cudnn is None or not hasattr(cudnn, "fp32_precision"):
-        yield
-        return
-    saved = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision)
-    torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = "tf32"
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision = saved
-
-
-@contextlib.contextmanager
-def _steps_as_module_calls(root: torch.nn.Module):
-    """Run each sub-layer's `step` through the module's own call while exporting, so the exporter's
-    name scopes (its record of which module an op ran in) name the layer of every op of a step, as
-    they do for `forward`: ONNX Runtime's profile then classes each node by its layer. Only the
-    metadata changes; instance attributes shadow the class's methods and are removed on exit."""
-    wrapped = []
-    for name, module in root.named_modules():
-        if not name or not hasattr(type(module), "step"):
-            continue
-        forward, step = module.forward, module.step
-
-        def dispatch(*args, _bench_step=False, _forward=forward, _step=step, **kwargs):
-            return _step(*args, **kwargs) if _bench_step else _forward(*args, **kwargs)
-
-        module.forward = dispatch
-        module.step = lambda *args, _module=module: _module(*args, _bench_step=True)
-        wrapped.append(module)
-    try:
-        yield
-    finally:
-        for module in wrapped:
-            del module.forward, module.step
-
-
-@contextlib.contextmanager
-def _quiet_export():
-    """The exporter logs a warning per torchvision op it cannot register and warns about deprecations; a
-    run's log should show the run."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch._export", "torch.export", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 @dataclass
@@ -251,7 +181,7 @@ class OnnxEncoder(NumpyEncoder):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         graph = self._graph(("forward", tuple(x.shape)), lambda: (
-            _Flat(self.torch.module, "forward"), (torch.from_numpy(np.ascontiguousarray(x, np.float32)),)))
+            Flat(self.torch.module, "forward"), (torch.from_numpy(np.ascontiguousarray(x, np.float32)),)))
         return self.to_numpy(self._run(graph, [self.to_native(x)])[0])
 
     def second_pass_native(self, y: Any) -> Any:
@@ -259,7 +189,7 @@ class OnnxEncoder(NumpyEncoder):
             raise ValueError("this variant has no second pass (spec.second_pass is None)")
         shape = tuple(y.shape())
         graph = self._graph(("second_pass", shape),
-                            lambda: (_Flat(self.torch.module, "second_pass"), (torch.zeros(shape),)))
+                            lambda: (Flat(self.torch.module, "second_pass"), (torch.zeros(shape),)))
         return self._run(graph, [y])[0]
 
     def init_state(self, batch: int) -> Any:
@@ -296,44 +226,35 @@ class OnnxEncoder(NumpyEncoder):
             _, next_state = self.torch.module.step(torch.zeros((1, *x_shape[1:])), one_stream)
         template = map_arrays(lambda _: _ARRAY, next_state)
 
-        def export_args() -> tuple[_Flat, tuple]:
+        def export_args() -> tuple[Flat, tuple]:
             torch_state = map_arrays(lambda v: torch.from_numpy(v.numpy()), state)
-            return _Flat(self.torch.module, "step", torch_state), (torch.zeros(x_shape), *array_leaves(torch_state))
+            return Flat(self.torch.module, "step", torch_state), (torch.zeros(x_shape), *array_leaves(torch_state))
 
         return self._graph(key, export_args, template)
 
-    def _graph(self, key: tuple, export_args: Callable[[], tuple[_Flat, tuple]], template: Any = None) -> Graph:
+    def _graph(self, key: tuple, export_args: Callable[[], tuple[Flat, tuple]], template: Any = None) -> Graph:
         """The session of the graph `key` names: the cached export, or exported now from
         `export_args()` (the module and example inputs, made only when exporting)."""
         if key in self._graphs:
             return self._graphs[key]
         float_path = cache_dir() / f"{self._file_key(key, 'float32')}.onnx"
-        exported = not float_path.exists()
+        made = exported = not _used(float_path)
         if exported:
-            self._export(*export_args(), float_path)
+            float_path.parent.mkdir(parents=True, exist_ok=True)
+            with _whole_file(float_path) as partial:
+                export(*export_args(), partial)
         path = float_path
         if self.dtype == "int8":
             path = cache_dir() / f"{self._file_key(key, 'int8')}.onnx"
-            if not path.exists():
-                _quantize(float_path, path)
+            if not _used(path):
+                with _whole_file(path) as partial:
+                    quantize(float_path, partial, int8_reduce_range())
+                made = True
+        if made:  # the cache grew
+            prune_cache(cache_dir(), cache_limit_bytes())
         session = ort.InferenceSession(str(path), self.session_options(), providers=self.device.providers)
         self._graphs[key] = graph = Graph(session, path, template, exported)
         return graph
-
-    def _export(self, module: _Flat, example: tuple, path: Path) -> None:
-        names = ["x"]
-        outputs = ["y"]
-        if module.template is not None:
-            paths = [p for p, _ in named_arrays(module.template)]
-            names += [f"state.{p}" for p in paths]
-            outputs += [f"next.{p}" for p in paths]
-        with (_quiet_export(), _cudnn_flags_torch_export_can_read(), _steps_as_module_calls(module.module),
-              torch.inference_mode()):
-            program = torch.onnx.export(module.eval(), example, dynamo=True, opset_version=OPSET, input_names=names,
-                                        output_names=outputs, verbose=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _whole_file(path) as partial:
-            program.save(str(partial))
 
     def _run(self, graph: Graph, inputs: list) -> list:
         session = graph.session
@@ -404,15 +325,49 @@ def _whole_file(path: Path):
         os.replace(partial, path)
 
 
-def _quantize(float_path: Path, path: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # it advises pre-processing, once per call, on the root logger
+def _used(path: Path) -> bool:
+    """Whether the cache holds `path`; if so its time is set to now, which is what prune_cache keeps
+    by (the graphs used longest ago go first)."""
     try:
-        with _whole_file(path) as partial:
-            quantize_dynamic(str(float_path), str(partial), op_types_to_quantize=list(QUANTIZED_OPS),
-                             weight_type=QuantType.QInt8, reduce_range=int8_reduce_range())
-    finally:
-        root.setLevel(level)
+        os.utime(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except PermissionError:  # a cache shared read-only: used as it is, never pruned by this user
+        return path.exists()
+
+
+def cache_limit_bytes() -> float:
+    """The export cache's bound (BENCH_ONNX_CACHE_GB, default CACHE_LIMIT_GB; 0 or less: no bound)."""
+    raw = os.environ.get(CACHE_LIMIT_ENV, "")
+    try:
+        gb = float(raw) if raw.strip() else CACHE_LIMIT_GB
+    except ValueError:
+        raise ValueError(f"{CACHE_LIMIT_ENV}={raw!r} is not a number of GB") from None
+    return gb * 1e9 if gb > 0 else float("inf")
+
+
+def prune_cache(folder: Path, limit_bytes: float, now: float | None = None) -> list[Path]:
+    """Delete the cached graphs used longest ago until `folder` holds at most `limit_bytes`; returns the
+    deleted files. A graph and its companions (its ".weights.json") go together, named by the part of
+    the file name before the first dot; none used in the last CACHE_IN_USE_S is deleted, so the bound
+    can be passed while several runs are using more than it holds."""
+    groups: dict[str, list[Path]] = {}
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        if entry.is_file():
+            groups.setdefault(entry.name.split(".", 1)[0], []).append(entry)
+    sized = []
+    for stem, files in groups.items():
+        stats = [f.stat() for f in files]
+        sized.append((max(st.st_mtime for st in stats), sum(st.st_size for st in stats), files))
+    total = sum(size for _, size, _ in sized)
+    now = time.time() if now is None else now
+    deleted: list[Path] = []
+    for used, size, files in sorted(sized, key=lambda g: g[0]):
+        if total <= limit_bytes or now - used < CACHE_IN_USE_S:
+            break
+        for f in files:
+            f.unlink(missing_ok=True)
+            deleted.append(f)
+        total -= size
+    return deleted

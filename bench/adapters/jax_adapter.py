@@ -32,6 +32,7 @@ from variants.state import MAX_PHASES, array_leaves, state_nbytes
 
 
 XLA_CACHE_ENV = "BENCH_XLA_CACHE"
+XLA_CACHE_MAX_BYTES = 2 * 1024**3  # the ladder's programs take ~10 MB
 _cache_events = {"/jax/compilation_cache/cache_hits": 0, "/jax/compilation_cache/cache_misses": 0}
 
 
@@ -51,6 +52,8 @@ def use_compile_cache() -> str | None:
         return None
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    # bounded, as the ONNX export cache is: JAX deletes the programs used longest ago past this size
+    jax.config.update("jax_compilation_cache_max_size", XLA_CACHE_MAX_BYTES)
     return folder
 
 
