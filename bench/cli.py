@@ -283,12 +283,12 @@ def _runnable(run, framework_named: bool):
     framework has, is an error (exit 2); a default framework that cannot is left out with one line."""
     from bench import machine, results
 
+    if (Path(run.out_dir) / results.RESULTS_JSON).exists():  # checked first: asking the frameworks takes seconds
+        raise UsageProblem(f"--out {run.out_dir} already holds a run; choose another folder")
     frameworks, skipped = machine.frameworks_on(run.device, run.frameworks, named=framework_named)
     run, left_out = _settings_here(run, frameworks, framework_named)
     for line in (*skipped, *left_out):
         typer.echo(f"bench: {line}", err=True)
-    if (Path(run.out_dir) / results.RESULTS_JSON).exists():
-        raise UsageProblem(f"--out {run.out_dir} already holds a run; choose another folder")
     return run
 
 
