@@ -289,6 +289,13 @@ def _runnable(run, framework_named: bool):
     run, left_out = _settings_here(run, frameworks, framework_named)
     for line in (*skipped, *left_out):
         typer.echo(f"bench: {line}", err=True)
+    if "onnxruntime" in run.frameworks:  # read by every worker that exports: a bad value fails here, once
+        from variants.build import onnx_cache_limit_bytes
+
+        try:
+            onnx_cache_limit_bytes()
+        except ValueError as e:
+            raise UsageProblem(str(e)) from None
     return run
 
 

@@ -231,6 +231,17 @@ def test_an_unwritable_out_folder_exits_2_with_one_line(monkeypatch, tmp_path, v
     assert not fake.calls
 
 
+def test_a_bad_export_cache_bound_is_one_line_before_anything_runs(monkeypatch, tmp_path):
+    fake = FakeWorkers()
+    install(monkeypatch, fake)
+    monkeypatch.setenv("BENCH_ONNX_CACHE_GB", "ten")
+    line = assert_one_line_error(invoke("run", "--framework", "onnxruntime", "--out", str(tmp_path / "run")))
+    assert line == "bench: error: BENCH_ONNX_CACHE_GB='ten' is not a number of GB"
+    assert not fake.calls
+    assert invoke("run", "--framework", "jax", "--variant", "baseline", "--batch", "1",
+                  "--out", str(tmp_path / "jax")).exit_code == 0  # read only where ONNX Runtime runs
+
+
 def test_an_existing_run_folder_is_not_overwritten(monkeypatch, tmp_path):
     install(monkeypatch, FakeWorkers())
     out = tmp_path / "run"

@@ -17,6 +17,7 @@ from bench import counters
 from bench.machine import DeviceUnavailableError, resolve_device
 from tiny import stream, tiny_variants
 from variants import analytic, onnx_encoder, torch_model
+from variants.build import ONNX_CACHE_LIMIT_ENV, ONNX_CACHE_LIMIT_GB, onnx_cache_limit_bytes
 from variants.onnx_encoder import phase
 from variants.state import array_leaves
 
@@ -142,15 +143,16 @@ def test_the_export_cache_deletes_the_graphs_used_longest_ago_down_to_its_bound(
 
 
 def test_the_export_cache_bound_is_read_from_the_environment(monkeypatch):
-    monkeypatch.delenv(onnx_encoder.CACHE_LIMIT_ENV, raising=False)
-    assert onnx_encoder.cache_limit_bytes() == onnx_encoder.CACHE_LIMIT_GB * 1e9
-    monkeypatch.setenv(onnx_encoder.CACHE_LIMIT_ENV, "2.5")
-    assert onnx_encoder.cache_limit_bytes() == 2.5e9
-    monkeypatch.setenv(onnx_encoder.CACHE_LIMIT_ENV, "0")
-    assert onnx_encoder.cache_limit_bytes() == float("inf")
-    monkeypatch.setenv(onnx_encoder.CACHE_LIMIT_ENV, "lots")
+    env = ONNX_CACHE_LIMIT_ENV
+    monkeypatch.delenv(env, raising=False)
+    assert onnx_cache_limit_bytes() == ONNX_CACHE_LIMIT_GB * 1e9
+    monkeypatch.setenv(env, "2.5")
+    assert onnx_cache_limit_bytes() == 2.5e9
+    monkeypatch.setenv(env, "0")
+    assert onnx_cache_limit_bytes() == float("inf")
+    monkeypatch.setenv(env, "lots")
     with pytest.raises(ValueError, match="BENCH_ONNX_CACHE_GB='lots' is not a number of GB"):
-        onnx_encoder.cache_limit_bytes()
+        onnx_cache_limit_bytes()
 
 
 def test_initial_weights_are_named_by_their_seed_and_loaded_ones_by_their_values(built):

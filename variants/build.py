@@ -22,6 +22,20 @@ QUANTIZED_FRAMEWORKS = ("onnxruntime",)
 DTYPES = (*DTYPE_BYTES, *QUANTIZED_DTYPES)
 # Where what is slow to make is kept between runs, a folder each: ONNX exports ("onnx"), XLA programs ("xla")
 CACHE_ROOT = Path.home() / ".cache" / "practical-conformer-bench"
+# ... and the ONNX folder's bound: after an export, the graphs used longest ago are deleted until it holds
+# at most this many GB (the ladder's float32 and int8 graphs take ~4 GB per revision of the model)
+ONNX_CACHE_LIMIT_ENV, ONNX_CACHE_LIMIT_GB = "BENCH_ONNX_CACHE_GB", 10.0
+
+
+def onnx_cache_limit_bytes() -> float:
+    """The ONNX export cache's bound (BENCH_ONNX_CACHE_GB, default ONNX_CACHE_LIMIT_GB; 0 or less: none);
+    ValueError for a value that is not a number."""
+    raw = os.environ.get(ONNX_CACHE_LIMIT_ENV, "")
+    try:
+        gb = float(raw) if raw.strip() else ONNX_CACHE_LIMIT_GB
+    except ValueError:
+        raise ValueError(f"{ONNX_CACHE_LIMIT_ENV}={raw!r} is not a number of GB") from None
+    return gb * 1e9 if gb > 0 else float("inf")
 
 
 def usable_cores() -> int:

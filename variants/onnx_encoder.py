@@ -39,7 +39,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from variants.build import CACHE_ROOT, cpu_flags, usable_cores
+from variants.build import CACHE_ROOT, cpu_flags, onnx_cache_limit_bytes, usable_cores
 from variants.encoder import NumpyEncoder
 from variants.onnx_export import OPSET, QUANTIZED_OPS, Flat, export, quantize
 from variants.spec import EncoderSpec
@@ -47,9 +47,6 @@ from variants.state import array_leaves, map_arrays, phase, with_arrays
 from variants.torch_encoder import TorchEncoder
 
 CACHE_ENV = "BENCH_ONNX_CACHE"  # where exported graphs are kept; default ~/.cache/practical-conformer-bench/onnx
-# The cache's bound: after an export, the graphs used longest ago are deleted until the folder holds at
-# most this many GB (the ladder's float32 and int8 graphs take ~4 GB per revision of the model).
-CACHE_LIMIT_ENV, CACHE_LIMIT_GB = "BENCH_ONNX_CACHE_GB", 10.0
 CACHE_IN_USE_S = 3600.0  # a graph used this recently is never deleted: a run beside may be about to load it
 GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
 _ARRAY = object()  # an array's place in a state template (None would read as "no array")
@@ -251,7 +248,7 @@ class OnnxEncoder(NumpyEncoder):
                     quantize(float_path, partial, int8_reduce_range())
                 made = True
         if made:  # the cache grew
-            prune_cache(cache_dir(), cache_limit_bytes())
+            prune_cache(cache_dir(), onnx_cache_limit_bytes())
         session = ort.InferenceSession(str(path), self.session_options(), providers=self.device.providers)
         self._graphs[key] = graph = Graph(session, path, template, exported)
         return graph
@@ -335,16 +332,6 @@ def _used(path: Path) -> bool:
         return False
     except PermissionError:  # a cache shared read-only: used as it is, never pruned by this user
         return path.exists()
-
-
-def cache_limit_bytes() -> float:
-    """The export cache's bound (BENCH_ONNX_CACHE_GB, default CACHE_LIMIT_GB; 0 or less: no bound)."""
-    raw = os.environ.get(CACHE_LIMIT_ENV, "")
-    try:
-        gb = float(raw) if raw.strip() else CACHE_LIMIT_GB
-    except ValueError:
-        raise ValueError(f"{CACHE_LIMIT_ENV}={raw!r} is not a number of GB") from None
-    return gb * 1e9 if gb > 0 else float("inf")
 
 
 def prune_cache(folder: Path, limit_bytes: float, now: float | None = None) -> list[Path]:
