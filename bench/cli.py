@@ -68,8 +68,8 @@ class _OneLineErrors(TyperGroup):
 app = typer.Typer(
     cls=_OneLineErrors,
     name="bench",
-    help="Benchmark streaming speech encoders (the Practical Conformer ladder) in JAX and PyTorch.\n\n"
-    "Typical use: 'bench run' (the whole ladder on CPU, both frameworks, batches from bench.toml), then "
+    help="Benchmark streaming speech encoders (the Practical Conformer ladder) in JAX, PyTorch and ONNX Runtime.\n\n"
+    "Typical use: 'bench run' (the whole ladder on CPU, every framework, batches from bench.toml), then "
     "'bench report DIR' and 'bench plot DIR' on the folder it prints.",
     no_args_is_help=True,
     add_completion=False,
@@ -542,7 +542,7 @@ def compare_cmd(
 
 @app.command("env")
 def env_cmd() -> None:
-    """Show Python, framework versions, the devices each framework sees, and thread settings.
+    """Show Python, framework versions, the devices each framework sees, thread settings and the caches.
 
     \b
     Examples:
@@ -563,6 +563,30 @@ def env_cmd() -> None:
     typer.echo(f"threads    {threads}" + (f" ({'; '.join(variables)})" if variables else ""))
     git = machine.git_info()
     typer.echo(f"git        {git['commit'] or 'no commit'}{' (dirty)' if git['dirty'] else ''}")
+    for line in _cache_lines():
+        typer.echo(f"cache      {line}")
+
+
+def _cache_lines() -> list[str]:
+    """Where ONNX exports and XLA programs are kept between runs, how much they hold and their bounds."""
+    from variants.build import (ONNX_CACHE_LIMIT_ENV, XLA_CACHE_ENV, XLA_CACHE_MAX_BYTES, onnx_cache_dir,
+                                onnx_cache_limit_bytes, xla_cache_dir)
+
+    def held(folder: Path) -> str:
+        files = [f for f in folder.rglob("*") if f.is_file()] if folder.is_dir() else []
+        return f"{sum(f.stat().st_size for f in files) / 1e9:.2f} GB in {len(files)} files"
+
+    try:
+        bound = onnx_cache_limit_bytes()
+        onnx_bound = f"{'no bound' if bound == float('inf') else f'bound {bound / 1e9:g} GB'}, {ONNX_CACHE_LIMIT_ENV}"
+    except ValueError as e:
+        onnx_bound = str(e)
+    onnx = onnx_cache_dir()
+    lines = [f"onnx: {onnx}, {held(onnx)} ({onnx_bound})"]
+    xla = xla_cache_dir()
+    lines.append(f"xla: {xla}, {held(xla)} (bound {XLA_CACHE_MAX_BYTES / 2**30:g} GiB)" if xla
+                 else f"xla: off ({XLA_CACHE_ENV})")
+    return lines
 
 
 @app.command("check")

@@ -43,7 +43,7 @@ import pytest  # noqa: E402
 def onnx_export_cache(tmp_path_factory):
     """ONNX Runtime graphs are exported into a cache of this session's own (the workers a test starts
     inherit it), not the user's ~/.cache."""
-    from variants.onnx_encoder import CACHE_ENV
+    from variants.build import ONNX_CACHE_ENV as CACHE_ENV
 
     before = os.environ.get(CACHE_ENV)
     os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("onnx-cache"))

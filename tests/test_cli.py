@@ -207,6 +207,19 @@ def test_env_names_versions_devices_and_threads():
         assert word in result.stdout
 
 
+def test_env_shows_each_cache_its_contents_and_its_bound(monkeypatch, tmp_path):
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "step-a.onnx").write_bytes(b"x" * 3_000_000)
+    monkeypatch.setenv("BENCH_ONNX_CACHE", str(tmp_path / "onnx"))
+    monkeypatch.setenv("BENCH_ONNX_CACHE_GB", "2.5")
+    monkeypatch.setenv("BENCH_XLA_CACHE", "off")
+    lines = [line for line in invoke("env").stdout.splitlines() if line.startswith("cache")]
+    assert lines == [f"cache      onnx: {tmp_path / 'onnx'}, 0.00 GB in 1 files (bound 2.5 GB, BENCH_ONNX_CACHE_GB)",
+                     "cache      xla: off (BENCH_XLA_CACHE)"]
+    monkeypatch.setenv("BENCH_ONNX_CACHE_GB", "many")  # shown, not raised: env is where one looks for it
+    assert "(BENCH_ONNX_CACHE_GB='many' is not a number of GB)" in invoke("env").stdout
+
+
 def test_a_malformed_config_exits_2_naming_file_and_line(monkeypatch, tmp_path):
     install(monkeypatch, FakeWorkers())
     bad = tmp_path / "bench.toml"

@@ -22,9 +22,25 @@ QUANTIZED_FRAMEWORKS = ("onnxruntime",)
 DTYPES = (*DTYPE_BYTES, *QUANTIZED_DTYPES)
 # Where what is slow to make is kept between runs, a folder each: ONNX exports ("onnx"), XLA programs ("xla")
 CACHE_ROOT = Path.home() / ".cache" / "practical-conformer-bench"
-# ... and the ONNX folder's bound: after an export, the graphs used longest ago are deleted until it holds
-# at most this many GB (the ladder's float32 and int8 graphs take ~4 GB per revision of the model)
+# ONNX Runtime's exports: the folder (BENCH_ONNX_CACHE, default CACHE_ROOT/onnx) and its bound: after an
+# export, the graphs used longest ago are deleted until it holds at most this many GB (the ladder's
+# float32 and int8 graphs take ~4 GB per revision of the model)
+ONNX_CACHE_ENV = "BENCH_ONNX_CACHE"
 ONNX_CACHE_LIMIT_ENV, ONNX_CACHE_LIMIT_GB = "BENCH_ONNX_CACHE_GB", 10.0
+
+
+# XLA's compiled steps (bench.adapters.jax_adapter): the folder (BENCH_XLA_CACHE, default CACHE_ROOT/xla,
+# "off": none) and its bound, which JAX keeps by deleting the programs used longest ago
+XLA_CACHE_ENV, XLA_CACHE_MAX_BYTES = "BENCH_XLA_CACHE", 2 * 1024**3  # the ladder's programs take ~10 MB
+
+
+def onnx_cache_dir() -> Path:
+    return Path(os.environ.get(ONNX_CACHE_ENV) or CACHE_ROOT / "onnx")
+
+
+def xla_cache_dir() -> Path | None:
+    folder = os.environ.get(XLA_CACHE_ENV) or str(CACHE_ROOT / "xla")
+    return None if folder == "off" else Path(folder)
 
 
 def onnx_cache_limit_bytes() -> float:

@@ -39,14 +39,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from variants.build import CACHE_ROOT, cpu_flags, onnx_cache_limit_bytes, usable_cores
+from variants.build import cpu_flags, onnx_cache_dir, onnx_cache_limit_bytes, usable_cores
 from variants.encoder import NumpyEncoder
 from variants.onnx_export import OPSET, QUANTIZED_OPS, Flat, export, quantize
 from variants.spec import EncoderSpec
 from variants.state import array_leaves, map_arrays, phase, with_arrays
 from variants.torch_encoder import TorchEncoder
 
-CACHE_ENV = "BENCH_ONNX_CACHE"  # where exported graphs are kept; default ~/.cache/practical-conformer-bench/onnx
 CACHE_IN_USE_S = 3600.0  # a graph used this recently is never deleted: a run beside may be about to load it
 GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
 _ARRAY = object()  # an array's place in a state template (None would read as "no array")
@@ -103,10 +102,6 @@ class OrtDevice:
         if self.kind == "cuda":
             return [("CUDAExecutionProvider", {"device_id": self.index}), "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or CACHE_ROOT / "onnx")
 
 
 @dataclass
@@ -234,7 +229,7 @@ class OnnxEncoder(NumpyEncoder):
         `export_args()` (the module and example inputs, made only when exporting)."""
         if key in self._graphs:
             return self._graphs[key]
-        float_path = cache_dir() / f"{self._file_key(key, 'float32')}.onnx"
+        float_path = onnx_cache_dir() / f"{self._file_key(key, 'float32')}.onnx"
         made = exported = not _used(float_path)
         if exported:
             float_path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,13 +237,13 @@ class OnnxEncoder(NumpyEncoder):
                 export(*export_args(), partial)
         path = float_path
         if self.dtype == "int8":
-            path = cache_dir() / f"{self._file_key(key, 'int8')}.onnx"
+            path = onnx_cache_dir() / f"{self._file_key(key, 'int8')}.onnx"
             if not _used(path):
                 with _whole_file(path) as partial:
                     quantize(float_path, partial, int8_reduce_range())
                 made = True
         if made:  # the cache grew
-            prune_cache(cache_dir(), onnx_cache_limit_bytes())
+            prune_cache(onnx_cache_dir(), onnx_cache_limit_bytes())
         session = ort.InferenceSession(str(path), self.session_options(), providers=self.device.providers)
         self._graphs[key] = graph = Graph(session, path, template, exported)
         return graph

@@ -13,7 +13,6 @@ record's runtime_options says how many programs came from it.
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import time
@@ -27,12 +26,10 @@ import jax.numpy as jnp
 from bench import counters, profile, roofline
 from bench.adapters import build_encoder, random_frames, second_pass_segment
 from bench.machine import device_name
-from variants.build import CACHE_ROOT
+from variants.build import XLA_CACHE_MAX_BYTES, xla_cache_dir
 from variants.state import MAX_PHASES, array_leaves, state_nbytes
 
 
-XLA_CACHE_ENV = "BENCH_XLA_CACHE"
-XLA_CACHE_MAX_BYTES = 2 * 1024**3  # the ladder's programs take ~10 MB
 _cache_events = {"/jax/compilation_cache/cache_hits": 0, "/jax/compilation_cache/cache_misses": 0}
 
 
@@ -47,14 +44,14 @@ jax.monitoring.register_event_listener(_count_cache_event)
 def use_compile_cache() -> str | None:
     """Point XLA's persistent compilation cache at BENCH_XLA_CACHE's folder (every program, however
     quick to compile: the ladder's take 1-5 s each); the folder, or None when it is "off"."""
-    folder = os.environ.get(XLA_CACHE_ENV) or str(CACHE_ROOT / "xla")
-    if folder == "off":
+    folder = xla_cache_dir()
+    if folder is None:
         return None
-    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     # bounded, as the ONNX export cache is: JAX deletes the programs used longest ago past this size
     jax.config.update("jax_compilation_cache_max_size", XLA_CACHE_MAX_BYTES)
-    return folder
+    return str(folder)
 
 
 # before anything compiles: JAX decides once per process whether it uses the cache
