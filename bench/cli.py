@@ -569,8 +569,8 @@ def env_cmd() -> None:
 
 def _cache_lines() -> list[str]:
     """Where ONNX exports and XLA programs are kept between runs, how much they hold and their bounds."""
-    from variants.build import (ONNX_CACHE_LIMIT_ENV, XLA_CACHE_ENV, XLA_CACHE_MAX_BYTES, onnx_cache_dir,
-                                onnx_cache_limit_bytes, xla_cache_dir)
+    from bench.adapters.jax_adapter import XLA_CACHE_ENV, XLA_CACHE_MAX_BYTES, compile_cache_folder
+    from variants.build import ONNX_CACHE_LIMIT_ENV, onnx_cache_dir, onnx_cache_limit_bytes
 
     def held(folder: Path) -> str:
         files = [f for f in folder.rglob("*") if f.is_file()] if folder.is_dir() else []
@@ -583,7 +583,7 @@ def _cache_lines() -> list[str]:
         onnx_bound = str(e)
     onnx = onnx_cache_dir()
     lines = [f"onnx: {onnx}, {held(onnx)} ({onnx_bound})"]
-    xla = xla_cache_dir()
+    xla = compile_cache_folder()
     lines.append(f"xla: {xla}, {held(xla)} (bound {XLA_CACHE_MAX_BYTES / 2**30:g} GiB)" if xla
                  else f"xla: off ({XLA_CACHE_ENV})")
     return lines

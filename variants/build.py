@@ -20,7 +20,8 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2}  # what parameters, activations and 
 QUANTIZED_DTYPES = {"int8": "float32"}
 QUANTIZED_FRAMEWORKS = ("onnxruntime",)
 DTYPES = (*DTYPE_BYTES, *QUANTIZED_DTYPES)
-# Where what is slow to make is kept between runs, a folder each: ONNX exports ("onnx"), XLA programs ("xla")
+# Where what is slow to make is kept between runs, a folder each: ONNX exports ("onnx"), XLA programs ("xla",
+# bench.adapters.jax_adapter's: the harness, which `bench ab` runs against older revisions of variants/)
 CACHE_ROOT = Path.home() / ".cache" / "practical-conformer-bench"
 # ONNX Runtime's exports: the folder (BENCH_ONNX_CACHE, default CACHE_ROOT/onnx) and its bound: after an
 # export, the graphs used longest ago are deleted until it holds at most this many GB (the ladder's
@@ -29,18 +30,10 @@ ONNX_CACHE_ENV = "BENCH_ONNX_CACHE"
 ONNX_CACHE_LIMIT_ENV, ONNX_CACHE_LIMIT_GB = "BENCH_ONNX_CACHE_GB", 10.0
 
 
-# XLA's compiled steps (bench.adapters.jax_adapter): the folder (BENCH_XLA_CACHE, default CACHE_ROOT/xla,
-# "off": none) and its bound, which JAX keeps by deleting the programs used longest ago
-XLA_CACHE_ENV, XLA_CACHE_MAX_BYTES = "BENCH_XLA_CACHE", 2 * 1024**3  # the ladder's programs take ~10 MB
 
 
 def onnx_cache_dir() -> Path:
     return Path(os.environ.get(ONNX_CACHE_ENV) or CACHE_ROOT / "onnx")
-
-
-def xla_cache_dir() -> Path | None:
-    folder = os.environ.get(XLA_CACHE_ENV) or str(CACHE_ROOT / "xla")
-    return None if folder == "off" else Path(folder)
 
 
 def onnx_cache_limit_bytes() -> float:

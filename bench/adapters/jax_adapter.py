@@ -13,6 +13,7 @@ record's runtime_options says how many programs came from it.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import time
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 from bench import counters, profile, roofline
 from bench.adapters import build_encoder, random_frames, second_pass_segment
 from bench.machine import device_name
-from variants.build import XLA_CACHE_MAX_BYTES, xla_cache_dir
+from variants.build import CACHE_ROOT
 from variants.state import MAX_PHASES, array_leaves, state_nbytes
 
 
@@ -41,10 +42,20 @@ def _count_cache_event(event: str, **_: Any) -> None:
 jax.monitoring.register_event_listener(_count_cache_event)
 
 
+XLA_CACHE_ENV = "BENCH_XLA_CACHE"
+XLA_CACHE_MAX_BYTES = 2 * 1024**3  # the ladder's programs take ~10 MB
+
+
+def compile_cache_folder() -> Path | None:
+    """BENCH_XLA_CACHE's folder (default CACHE_ROOT/xla), or None when it is "off"."""
+    folder = os.environ.get(XLA_CACHE_ENV) or str(CACHE_ROOT / "xla")
+    return None if folder == "off" else Path(folder)
+
+
 def use_compile_cache() -> str | None:
     """Point XLA's persistent compilation cache at BENCH_XLA_CACHE's folder (every program, however
     quick to compile: the ladder's take 1-5 s each); the folder, or None when it is "off"."""
-    folder = xla_cache_dir()
+    folder = compile_cache_folder()
     if folder is None:
         return None
     jax.config.update("jax_compilation_cache_dir", str(folder))
