@@ -107,7 +107,7 @@ def test_a_graph_loaded_from_the_cache_is_marked_used(built):
     x = _frames(spec)[:, :6]
     first = variants.build(spec, "onnxruntime", seed=2)
     first.load_weights(torch_enc.weights())
-    (graph,) = [first.step_graph(x.shape, first.init_state(2))]
+    graph = first.step_graph(x.shape, first.init_state(2))
     os.utime(graph.path, (1_000_000, 1_000_000))  # last used in 1970
     again = variants.build(spec, "onnxruntime", seed=2)
     again.load_weights(torch_enc.weights())

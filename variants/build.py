@@ -30,8 +30,6 @@ ONNX_CACHE_ENV = "BENCH_ONNX_CACHE"
 ONNX_CACHE_LIMIT_ENV, ONNX_CACHE_LIMIT_GB = "BENCH_ONNX_CACHE_GB", 10.0
 
 
-
-
 def onnx_cache_dir() -> Path:
     return Path(os.environ.get(ONNX_CACHE_ENV) or CACHE_ROOT / "onnx")
 

@@ -229,21 +229,22 @@ class OnnxEncoder(NumpyEncoder):
         `export_args()` (the module and example inputs, made only when exporting)."""
         if key in self._graphs:
             return self._graphs[key]
-        float_path = onnx_cache_dir() / f"{self._file_key(key, 'float32')}.onnx"
+        folder = onnx_cache_dir()
+        float_path = folder / f"{self._file_key(key, 'float32')}.onnx"
         made = exported = not _used(float_path)
         if exported:
-            float_path.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             with _whole_file(float_path) as partial:
                 export(*export_args(), partial)
         path = float_path
         if self.dtype == "int8":
-            path = onnx_cache_dir() / f"{self._file_key(key, 'int8')}.onnx"
+            path = folder / f"{self._file_key(key, 'int8')}.onnx"
             if not _used(path):
                 with _whole_file(path) as partial:
                     quantize(float_path, partial, int8_reduce_range())
                 made = True
         if made:  # the cache grew
-            prune_cache(onnx_cache_dir(), onnx_cache_limit_bytes())
+            prune_cache(folder, onnx_cache_limit_bytes())
         session = ort.InferenceSession(str(path), self.session_options(), providers=self.device.providers)
         self._graphs[key] = graph = Graph(session, path, template, exported)
         return graph
@@ -339,7 +340,7 @@ def prune_cache(folder: Path, limit_bytes: float, now: float | None = None) -> l
         if entry.is_file():
             groups.setdefault(entry.name.split(".", 1)[0], []).append(entry)
     sized = []
-    for stem, files in groups.items():
+    for files in groups.values():
         stats = [f.stat() for f in files]
         sized.append((max(st.st_mtime for st in stats), sum(st.st_size for st in stats), files))
     total = sum(size for _, size, _ in sized)
