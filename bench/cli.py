@@ -228,8 +228,9 @@ def _execute(cfg, run, settings, quick: bool, progress: bool, framework_named: b
         if extra:
             typer.echo(extra)
     typer.echo(f"{len(summary.records)} records in {out_dir} ({summary.elapsed_s:.0f} s)")
-    if noise := summary.noise_line():
-        typer.echo(noise)
+    for line in (summary.noise_line(), summary.speed_line()):
+        if line:
+            typer.echo(line)
     if summary.failed:
         _fail(summary.failure_line(), code=EXIT_FAILED)
 

@@ -17,6 +17,7 @@ from bench.table import num, ok_mask, row_key, variant_order
 COMPARED_METRICS = (
     "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_iqr", "compile_s",
     "params", "flops_per_step", "state_bytes_per_stream", "weight_bytes",
+    "cpu_probe_us",  # the CPU's speed while each row was timed: a p50 that moved with it is the machine's
 )
 
 

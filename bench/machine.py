@@ -53,6 +53,11 @@ WORKER_DEVICE_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 # processes each, alternated, reference VM); PyTorch at b=1 and ONNX Runtime at b=64 unchanged.
 WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
                      "THP_MEM_ALLOC_ENABLE": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+# CpuSpeedProbe's kernel: exp over 16,384 float32 (64 KiB, in cache), 15 times (~25 us each).
+CPU_PROBE_ELEMENTS = 1 << 14
+CPU_PROBE_REPEATS = 15
+# Past this ratio between the slowest and the fastest group's probe, a run says its CPU changed speed.
+CPU_SPEED_MOVED = 1.10
 # Devices one process at a time may open (libtpu): a run there keeps one worker per framework, and
 # frameworks take turns, never two processes on the device at once.
 EXCLUSIVE_DEVICES = ("tpu",)
@@ -301,6 +306,31 @@ def cpu_clock_mhz() -> float | None:
         except (OSError, ValueError):
             return None
     return sum(clocks) / len(clocks) if clocks else None
+
+
+class CpuSpeedProbe:
+    """How fast this host's CPU runs at the moment it is asked, where no clock can be read (a VM): one
+    fixed kernel that lives in cache and runs on one thread (numpy's exp over CPU_PROBE_ELEMENTS
+    float32), timed CPU_PROBE_REPEATS times, the median kept. It reads no memory and starts no thread
+    pool, so it moves with the core's own speed only: its clock, and the share of it a hypervisor gives.
+    The runner samples it in every round, between the bursts, as it samples the bandwidth."""
+
+    def __init__(self):
+        import numpy as np
+
+        self._x = np.linspace(-1.0, 1.0, CPU_PROBE_ELEMENTS, dtype=np.float32)
+        self._y = np.empty_like(self._x)
+        self._exp = np.exp
+        self.sample()  # first touch: page faults are not speed
+
+    def sample(self) -> float:
+        """Seconds one kernel takes now (the median of CPU_PROBE_REPEATS, ~0.5 ms in all)."""
+        times = []
+        for _ in range(CPU_PROBE_REPEATS):
+            t0 = time.perf_counter()
+            self._exp(self._x, out=self._y)
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
 
 
 def framework_threads(framework: str | None) -> int:

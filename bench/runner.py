@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import statistics
 import sys
 import threading
 import time
@@ -118,6 +119,10 @@ class RunSummary:
         return noise_line(self.records, clock_changed=bool(start and end and abs(end / start - 1) > 0.05),
                           busy=(self.busy_before or 0) >= BUSY_CORES)
 
+    def speed_line(self) -> str | None:
+        """One line when the CPU ran at different speeds in different groups of the run."""
+        return speed_line(self.records)
+
 
 def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False, busy: bool = False) -> str | None:
     wide = []
@@ -163,6 +168,27 @@ def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False
     more = f" and {len(wide) - 6} more" if len(wide) > 6 else ""
     cause = "; likely cause: " + ", ".join(causes) if causes else "; no cause found (a bimodal step? more rounds help)"
     return f"noisy: {len(wide)} rows with a 95% interval wider than +-{stats.WIDE_INTERVAL:.0%}: {names}{more}{cause}"
+
+
+def speed_line(records: Sequence[Mapping[str, Any]]) -> str | None:
+    """Whether the CPU probe (machine.CpuSpeedProbe) ran at different speeds in different groups, by more
+    than CPU_SPEED_MOVED from the slowest to the fastest. A group's ratios stand (its variants shared
+    every round), but a step that is more compute than memory moves with the CPU's speed and one that
+    mostly reads weights moves less, so a ratio measured in a slow spell differs from the same ratio
+    in a fast one, beyond either interval."""
+    groups: dict[str, float] = {}
+    for r in records:
+        if r.get("status") == "ok" and r.get("cpu_probe_us"):
+            groups.setdefault(f"{r['framework']} b={r['batch']}", r["cpu_probe_us"])
+    if len(groups) < 2:
+        return None
+    slow, fast = max(groups, key=groups.get), min(groups, key=groups.get)
+    if groups[slow] / groups[fast] <= machine.CPU_SPEED_MOVED:
+        return None
+    return (f"cpu speed: the CPU ran at different speeds during the run: its probe (an in-cache kernel, "
+            f"cpu_probe_us) took {groups[fast]:.1f} us in {fast} and {groups[slow]:.1f} us in {slow} "
+            f"({groups[slow] / groups[fast]:.2f}x); ratios within a group stand, but compare a row with "
+            f"another run's only at a similar cpu_probe_us, or in one run (`bench ab`)")
 
 
 def run_metadata(config: Mapping[str, Any], *, machine_tag: str | None, command: Sequence[str] | None = None) -> dict:
@@ -338,6 +364,7 @@ class _Group:
         self.cpu: dict[str, float] = {}  # what else used the CPU during the rounds (machine.CpuWatch)
         self.profiles: dict[Job, dict[str, Any]] = {}  # the raw profile of each profiled job (classes, ops)
         self.bandwidth: list[float] = []  # the host's bandwidth in each kept round (roofline.BandwidthProbe)
+        self.cpu_speed: list[float] = []  # the CPU probe's seconds in each kept round (machine.CpuSpeedProbe)
 
     def ask(self, pool: "WorkerPool", job: Job, request: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
         """The worker's reply, or None after failing the job (its worker died, hung or answered an error)."""
@@ -418,6 +445,7 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
     summary.busy_before = machine.busy_cores()
     known_peaks: dict[tuple, dict[str, Any]] = {}  # _peaks_key -> peak columns, measured once
     probe: roofline.BandwidthProbe | None = None
+    speed = machine.CpuSpeedProbe()
     with recording(writer, summary):
         try:
             # a CPU roofline's bandwidth is sampled in every round (the machine's while the steps ran)
@@ -430,7 +458,7 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
                         _prepare(group, plan, settings, pool, known_peaks, bar, task)
                         watch = machine.CpuWatch(pool.pids)
                         try:
-                            _rounds(group, settings, pool, rng, bar, task, probe)
+                            _rounds(group, settings, pool, rng, bar, task, probe, speed)
                         finally:
                             group.cpu = watch.stop()
                         if settings.profile:
@@ -529,12 +557,12 @@ def _peaks_key(job: Job, plan: RunPlan) -> tuple:
 
 
 def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: random.Random, bar, task,
-            probe: roofline.BandwidthProbe | None = None) -> None:
+            probe: roofline.BandwidthProbe | None = None, speed: machine.CpuSpeedProbe | None = None) -> None:
     """Time every live job for a burst per round, in a fresh random order each round, until each has
     at least `rounds` rounds and `min_time_s` of timed steps, and every ratio the group reports is
     within `interval_target` (or the group has used `max_time_s`). The first `warmup_rounds` rounds
     run the same way but are not kept. With a `probe`, each kept round samples the host's bandwidth
-    first, with no step running."""
+    first, with no step running; with `speed`, the CPU's speed too."""
     start = time.perf_counter()
     group.order = []
     done = 0
@@ -547,6 +575,8 @@ def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: ran
         bar.update(task, description=f"round {done + 1}: {group.jobs[0].framework} batch {group.jobs[0].batch}")
         if probe is not None and warming_up == 0:
             group.bandwidth.append(probe.sample())
+        if speed is not None and warming_up == 0:
+            group.cpu_speed.append(speed.sample())
         for job in order:
             request = {"cmd": "time", "key": session_key(job), "steps": settings.steps_per_round,
                        "warmup": settings.round_warmup}
@@ -627,6 +657,7 @@ def _finish(group: _Group, settings: MeasureSettings) -> dict[Job, dict[str, Any
             record = measure.finish(record, group.rounds[job], settings, group.device_s[job], group.faults[job],
                                     group.bandwidth)
             record["timing_capped"] = group.capped
+            record["cpu_probe_us"] = statistics.median(group.cpu_speed) * 1e6 if group.cpu_speed else None
             record.update(group.cpu)
         elif record.get("status") != "ok":
             record = {**record, "status": "failed"}

@@ -53,7 +53,7 @@ EXTRA_KEYS = (
     "params_analytic", "params_first_pass", "weight_bytes_first_pass", "state_bytes", "state_bytes_measured",
     "audio_s_per_step", "flops_per_step_xla_transcendentals", "bytes_accessed_xla",
     "flops_per_step_fvcore_total", "counter_notes", "latency_ms_min", "latency_iqr_over_median", "latency_noisy",
-    "timing_capped", "others_cpu_cores", "cpu_steal_share", "warmup_iterations", "peak_flops_per_s", "peak_bytes_per_s", "peaks_source",
+    "timing_capped", "others_cpu_cores", "cpu_steal_share", "cpu_probe_us", "warmup_iterations", "peak_flops_per_s", "peak_bytes_per_s", "peaks_source",
     "peak_bytes_per_s_start",
     "warnings", "measure_wall_s", *(f"roofline_ms_{k}" for k in NAMED_DEVICES),
     "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "latency_ms_p50_device", "latency_ms_p90_device", "rounds", "steps_per_round", "worker", "worker_peak_rss_bytes", "page_faults_per_step", "revision",

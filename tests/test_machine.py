@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -164,3 +165,17 @@ def test_simd_features_name_the_kernel_deciding_flags_the_cpu_has():
     assert machine.simd_features(frozenset({"fpu"})).startswith("none of avx")
     here = machine.environment()["machine"]["cpu_features"]  # this machine's, recorded in every run
     assert here is None or here == machine.simd_features()
+
+
+def test_the_cpu_speed_probe_keeps_the_median_of_its_repeats():
+    probe = machine.CpuSpeedProbe()
+    assert 0 < probe.sample() < 0.01  # 64 KiB of exp: microseconds, not a stall
+    calls = []
+
+    def kernel(x, out):  # one call in five stalls 20 ms (a preemption): the median ignores it
+        calls.append(1)
+        time.sleep(0.02 if len(calls) % 5 == 0 else 0.001)
+
+    probe._exp = kernel
+    assert 0.001 <= probe.sample() < 0.015
+    assert len(calls) == machine.CPU_PROBE_REPEATS

@@ -143,6 +143,7 @@ def test_rounds_stop_at_rounds_once_min_time_is_met(tmp_path, monkeypatch):
     _, recs = go(tmp_path, lab, plan(), settings, monkeypatch=monkeypatch)
     assert len(lab.time_keys()) == 5 * 3
     assert all(r["rounds"] == 5 and r["timing_capped"] is False for r in recs.values())
+    assert all(0 < r["cpu_probe_us"] < 1e5 for r in recs.values())  # sampled between the rounds' bursts
 
 
 def test_warmup_rounds_are_run_interleaved_but_not_kept(tmp_path, monkeypatch):
@@ -439,6 +440,19 @@ def test_the_noise_line_names_only_the_wide_rows_and_the_likely_cause(monkeypatc
     assert runner.noise_line([_ok("baseline")]) is None
     assert "CPU clock changed" in runner.noise_line(records[1:2], clock_changed=True)
     assert "max_time_s" in runner.noise_line([_ok("practical", 4.0, 3.0, 5.0, timing_capped=True)])
+
+
+def test_the_speed_line_names_the_groups_timed_at_the_slowest_and_fastest_cpu_speed():
+    def row(framework, batch, probe_us, status="ok"):
+        return {**_ok("practical"), "framework": framework, "batch": batch, "cpu_probe_us": probe_us, "status": status}
+
+    moved = [row("jax", 1, 31.0), row("jax", 1, 31.0), row("torch", 1, 24.0), row("torch", 64, 22.0),
+             row("onnxruntime", 1, 50.0, status="failed")]
+    line = runner.speed_line(moved)
+    assert "22.0 us in torch b=64 and 31.0 us in jax b=1 (1.41x)" in line
+    assert runner.speed_line(moved[:2] + [row("torch", 64, 29.0)]) is None  # 1.07x: within CPU_SPEED_MOVED
+    assert runner.speed_line(moved[:2]) is None  # one group: nothing to compare
+    assert runner.speed_line([_ok("practical")]) is None  # records from before the probe
 
 
 def test_run_metadata_records_the_machine_the_code_and_the_config():
