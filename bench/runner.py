@@ -176,10 +176,10 @@ def speed_line(records: Sequence[Mapping[str, Any]]) -> str | None:
     every round), but a step that is more compute than memory moves with the CPU's speed and one that
     mostly reads weights moves less, so a ratio measured in a slow spell differs from the same ratio
     in a fast one, beyond either interval."""
-    groups: dict[str, float] = {}
+    groups: dict[str, float] = {}  # one label per RunPlan.groups() group: (framework, mode, batch)
     for r in records:
         if r.get("status") == "ok" and r.get("cpu_probe_us"):
-            groups.setdefault(f"{r['framework']} b={r['batch']}", r["cpu_probe_us"])
+            groups.setdefault(f"{r['framework']}/{r['mode']} b={r['batch']}", r["cpu_probe_us"])
     if len(groups) < 2:
         return None
     slow, fast = max(groups, key=groups.get), min(groups, key=groups.get)

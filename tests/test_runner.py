@@ -443,14 +443,18 @@ def test_the_noise_line_names_only_the_wide_rows_and_the_likely_cause(monkeypatc
 
 
 def test_the_speed_line_names_the_groups_timed_at_the_slowest_and_fastest_cpu_speed():
-    def row(framework, batch, probe_us, status="ok"):
-        return {**_ok("practical"), "framework": framework, "batch": batch, "cpu_probe_us": probe_us, "status": status}
+    def row(framework, batch, probe_us, status="ok", mode="eager"):
+        return {**_ok("practical"), "framework": framework, "mode": mode, "batch": batch, "cpu_probe_us": probe_us,
+                "status": status}
 
-    moved = [row("jax", 1, 31.0), row("jax", 1, 31.0), row("torch", 1, 24.0), row("torch", 64, 22.0),
-             row("onnxruntime", 1, 50.0, status="failed")]
+    moved = [row("jax", 1, 31.0, mode="jit"), row("jax", 1, 31.0, mode="jit"), row("torch", 1, 24.0),
+             row("torch", 64, 22.0), row("onnxruntime", 1, 50.0, status="failed")]
     line = runner.speed_line(moved)
-    assert "22.0 us in torch b=64 and 31.0 us in jax b=1 (1.41x)" in line
+    assert "22.0 us in torch/eager b=64 and 31.0 us in jax/jit b=1 (1.41x)" in line
     assert runner.speed_line(moved[:2] + [row("torch", 64, 29.0)]) is None  # 1.07x: within CPU_SPEED_MOVED
+    # two modes at one batch are two groups (timed apart), not one
+    assert "torch/eager b=1 and 31.0 us in torch/compile b=1" in runner.speed_line(
+        [row("torch", 1, 22.0), row("torch", 1, 31.0, mode="compile")])
     assert runner.speed_line(moved[:2]) is None  # one group: nothing to compare
     assert runner.speed_line([_ok("practical")]) is None  # records from before the probe
 
