@@ -256,6 +256,21 @@ def test_a_nan_while_timing_a_burst_raises_so_the_worker_answers_an_error():
     assert measure_mod.one_line_error(FloatingPointError("NaN\nmore")) == "FloatingPointError: NaN"
 
 
+def test_bursts_check_their_outputs_every_time_and_the_state_in_bursts_1_2_4_8():
+    prepared = prepare(_tiny("baseline"), "jax", "cpu", 1, 6, settings=QUICK)
+    checked_state = []
+    finite = prepared.session.all_finite
+
+    def all_finite(tree):
+        checked_state.append(isinstance(tree, tuple) and len(tree) == 2 and tree[1] is not None)
+        return finite(tree)
+
+    prepared.session.all_finite = all_finite
+    for _ in range(9):
+        prepared.time_burst(1)
+    assert checked_state == [True, True, False, True, False, False, False, True, False]
+
+
 def test_cudagraphs_mode_needs_a_cuda_device():
     import torch
 
