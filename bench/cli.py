@@ -536,6 +536,8 @@ def compare_cmd(
         meta_a, df_a = load_run(run_a)
         meta_b, df_b = load_run(run_b)
         _note_unfinished([meta_a, meta_b], [run_a, run_b])
+        if note := compare.machine_note(meta_a, meta_b):
+            typer.echo(f"bench: note: {note}", err=True)
         table = compare.compare_runs(df_a, load_raw_times(run_a), df_b, load_raw_times(run_b))
         text = compare.render_comparison(table, fmt)
     typer.echo(text)
@@ -554,6 +556,7 @@ def env_cmd() -> None:
     env = machine.environment()
     typer.echo(f"python     {env['machine']['python']} on {env['machine']['platform']}")
     typer.echo(f"cpu        {env['machine']['cpu_name']} ({env['machine']['usable_cores']} usable of {env['machine']['cpu_count']} cores)")
+    typer.echo(f"cpu id     {env['machine']['cpu_id'] or 'unknown (no /proc/cpuinfo)'}")
     typer.echo(f"simd       {env['machine']['cpu_features'] or 'unknown (no /proc/cpuinfo)'}")
     for name, version in env["versions"].items():
         typer.echo(f"{name:<10} {version or 'not installed'}")

@@ -21,6 +21,22 @@ COMPARED_METRICS = (
 )
 
 
+# What two runs' machines must share for a B/A of their step times to be the code's change alone
+# (results.json meta "machine"); a run made before a key was recorded is not judged on it.
+MACHINE_KEYS = ("cpu_name", "cpu_id", "cpu_features", "usable_cores")
+
+
+def machine_note(meta_a: Mapping, meta_b: Mapping) -> str | None:
+    """One line when the two runs were made on machines that differ in MACHINE_KEYS, else None."""
+    a, b = meta_a.get("machine") or {}, meta_b.get("machine") or {}
+    differ = [k for k in MACHINE_KEYS if a.get(k) is not None and b.get(k) is not None and a[k] != b[k]]
+    if not differ:
+        return None
+    shown = "; ".join(f"{k} {a[k]!r} in A, {b[k]!r} in B" for k in differ)
+    return (f"the runs were made on different machines ({shown}): a p50's B/A is the machines' "
+            f"difference as much as the code's")
+
+
 def _normalise_raw(raw: Mapping | None) -> dict[tuple, np.ndarray]:
     out = {}
     for key, times in (raw or {}).items():

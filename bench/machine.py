@@ -277,6 +277,50 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+@lru_cache(maxsize=1)
+def cpu_id() -> str | None:
+    """What tells two CPUs apart where a hypervisor gives both the same name: the vendor's family,
+    model and stepping, and the L3 cache, e.g. "AuthenticAMD family 26 model 2 stepping 1, L3 32768K".
+    (The reference VM's cpu_name read "AMD EPYC" on two core generations whose steps differed ~2x.)
+    None where /proc/cpuinfo is unreadable."""
+    return parse_cpu_id(_read("/proc/cpuinfo"), _l3_size())
+
+
+def parse_cpu_id(cpuinfo: str | None, l3: str | None = None) -> str | None:
+    if not cpuinfo:
+        return None
+    fields: dict[str, str] = {}
+    for line in cpuinfo.split("\n\n")[0].splitlines():  # the first processor's block
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    parts = [fields.get("vendor_id") or fields.get("CPU implementer")]  # x86; Arm's implementer/part
+    for name, key in (("family", "cpu family"), ("model", "model"), ("part", "CPU part"),
+                      ("stepping", "stepping"), ("variant", "CPU variant"), ("revision", "CPU revision")):
+        if fields.get(key):
+            parts.append(f"{name} {fields[key]}")
+    text = " ".join(p for p in parts if p)
+    if not text:
+        return None
+    return f"{text}, L3 {l3}" if l3 else text
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _l3_size() -> str | None:
+    """The size of cpu0's level-3 cache as sysfs gives it ("32768K"), or None."""
+    for index in range(8):
+        folder = f"/sys/devices/system/cpu/cpu0/cache/index{index}"
+        if (_read(f"{folder}/level") or "").strip() == "3":
+            return (_read(f"{folder}/size") or "").strip() or None
+    return None
+
+
 # The CPU features that decide which kernels a runtime picks (XLA, oneDNN and MLAS dispatch on them; int8
 # without VNNI keeps 7-bit weights): two machines with the same core count can differ 2x on them.
 SIMD_FEATURES = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
@@ -472,6 +516,7 @@ def machine_info(framework: str | None = None) -> dict[str, Any]:
         "usable_cores": usable_cores(),
         "load_avg_1m": load,  # other jobs on the cores make step times (torch's above all) unreliable
         "cpu_name": cpu_name(),
+        "cpu_id": cpu_id(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS"),
@@ -487,6 +532,7 @@ def environment() -> dict[str, Any]:
             "hostname": socket.gethostname(),
             "platform": platform.platform(),
             "cpu_name": cpu_name(),
+            "cpu_id": cpu_id(),
             "cpu_features": simd_features(),
             "cpu_count": os.cpu_count(),
             "usable_cores": usable_cores(),

@@ -395,6 +395,17 @@ def test_report_and_compare_read_run_folders(monkeypatch, tmp_path):
     result = invoke("compare", str(tmp_path / "a"), str(tmp_path / "b"))
     assert result.exit_code == 0, result.output
     assert "practical" in result.stdout and "Mann-Whitney" in result.stdout
+    assert "different machines" not in result.stderr
+    # the same runs as if B had been made on another CPU that the hypervisor names alike
+    path = tmp_path / "b" / "results.json"
+    data = json.loads(path.read_text())
+    assert data["meta"]["machine"]["cpu_id"]  # recorded by a run on this machine
+    data["meta"]["machine"]["cpu_id"] = "AuthenticAMD family 25 model 1 stepping 1, L3 32768K"
+    path.write_text(json.dumps(data))
+    result = invoke("compare", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output
+    assert "bench: note: the runs were made on different machines (cpu_id" in result.stderr
+    assert "family 25 model 1" in result.stderr and "practical" in result.stdout
 
 
 def test_a_broken_plugin_fails_every_time_it_is_loaded(own_registry, tmp_path):
