@@ -265,16 +265,23 @@ def tpu_name_from_accelerator_type(accelerator_type: str | None) -> str | None:
 
 
 # ---- the host --------------------------------------------------------------------------------
+def first_cpu_fields(cpuinfo: str | None) -> dict[str, str]:
+    """The first processor's "key : value" lines of /proc/cpuinfo's text ({} for none)."""
+    fields: dict[str, str] = {}
+    for line in (cpuinfo or "").split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+@lru_cache(maxsize=1)
+def _first_cpu() -> dict[str, str]:
+    return first_cpu_fields(_read("/proc/cpuinfo"))
+
+
 @lru_cache(maxsize=1)
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _first_cpu().get("model name") or platform.processor() or platform.machine()
 
 
 @lru_cache(maxsize=1)
@@ -283,16 +290,11 @@ def cpu_id() -> str | None:
     model and stepping, and the L3 cache, e.g. "AuthenticAMD family 26 model 2 stepping 1, L3 32768K".
     (The reference VM's cpu_name read "AMD EPYC" on two core generations whose steps differed ~2x.)
     None where /proc/cpuinfo is unreadable."""
-    return parse_cpu_id(_read("/proc/cpuinfo"), _l3_size())
+    return parse_cpu_id(_first_cpu(), _l3_size())
 
 
-def parse_cpu_id(cpuinfo: str | None, l3: str | None = None) -> str | None:
-    if not cpuinfo:
-        return None
-    fields: dict[str, str] = {}
-    for line in cpuinfo.split("\n\n")[0].splitlines():  # the first processor's block
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
+def parse_cpu_id(fields: dict[str, str], l3: str | None = None) -> str | None:
+    """`cpu_id` from the first processor's cpuinfo fields (`first_cpu_fields`) and the L3 size."""
     parts = [fields.get("vendor_id") or fields.get("CPU implementer")]  # x86; Arm's implementer/part
     for name, key in (("family", "cpu family"), ("model", "model"), ("part", "CPU part"),
                       ("stepping", "stepping"), ("variant", "CPU variant"), ("revision", "CPU revision")):

@@ -185,9 +185,13 @@ def test_cpu_id_tells_apart_cpus_that_a_hypervisor_names_alike():
     block = "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: {model}\n" \
             "model name\t: AMD EPYC\nstepping\t: 1\n"
     two_cores = block.format(n=0, family=26, model=2) + "\n" + block.format(n=1, family=99, model=99)
-    assert machine.parse_cpu_id(two_cores, "32768K") == "AuthenticAMD family 26 model 2 stepping 1, L3 32768K"
-    assert machine.parse_cpu_id(block.format(n=0, family=25, model=1)) == "AuthenticAMD family 25 model 1 stepping 1"
+    first = machine.first_cpu_fields(two_cores)
+    assert machine.parse_cpu_id(first, "32768K") == "AuthenticAMD family 26 model 2 stepping 1, L3 32768K"
+    older = machine.first_cpu_fields(block.format(n=0, family=25, model=1))
+    assert machine.parse_cpu_id(older) == "AuthenticAMD family 25 model 1 stepping 1"
     arm = "processor\t: 0\nBogoMIPS\t: 243.75\nCPU implementer\t: 0x41\nCPU variant\t: 0x1\nCPU part\t: 0xd40\n" \
           "CPU revision\t: 1\n"
-    assert machine.parse_cpu_id(arm) == "0x41 part 0xd40 variant 0x1 revision 1"
-    assert machine.parse_cpu_id(None) is None and machine.parse_cpu_id("") is None
+    assert machine.parse_cpu_id(machine.first_cpu_fields(arm)) == "0x41 part 0xd40 variant 0x1 revision 1"
+    assert machine.parse_cpu_id(machine.first_cpu_fields(None)) is None
+    assert machine.parse_cpu_id(machine.first_cpu_fields("")) is None
+    assert first["model name"] == "AMD EPYC"  # what cpu_name reads
