@@ -74,8 +74,8 @@ COMPILE_CACHE = use_compile_cache()
 # bench.profile.STATE_LEAF_MODULE). The others are caches that shift by the chunk's frames: donated,
 # they cost a step one more copy (XLA cannot shift a buffer onto itself, so it writes the new cache
 # aside and copies it into the donated one), and CPU steps at batch 64 took 12-20% longer (baseline
-# and practical, 30 interleaved bursts each; 2026-11-28); donating the sums saves practical 2-4% at
-# batch 1. (Not yet timed on an accelerator, where the caches now take twice their memory a step.)
+# and practical, 30 interleaved bursts each; 2026-11-28); donating the sums saves practical 3-4% at
+# batch 1.
 IN_PLACE_LEAVES = ("s", "z")
 
 
