@@ -184,9 +184,7 @@ class LocalAttention(nn.Module):
         scores = scores + bias[None]
         scores = jnp.where(mask[:, None], scores, jnp.finfo(scores.dtype).min)
         probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-        # heads leave the product first and are moved after it: asked for [B, T, H, dh] directly, XLA:CPU
-        # ran it as a generic dot at a tenth of the speed (one block at batch 64: 2.4 ms against 0.24 ms)
-        y = jnp.swapaxes(jnp.einsum("bhts,bhsd->bhtd", probs, v), 1, 2)
+        y = jnp.einsum("bhts,bhsd->bthd", probs, v)
         return self.out(y.reshape(y.shape[0], y.shape[1], self.model_dim))
 
     def __call__(self, x):
