@@ -38,20 +38,25 @@ THREAD_ENV_VARS = (*THREAD_COUNT_VARS, OMP_WAIT_POLICY, "GOMP_SPINCOUNT", "XLA_F
 # Set in every worker (unless the user set it): several workers share one GPU (a variant each, both
 # frameworks), and JAX would otherwise take 75% of its memory in the first one to start.
 WORKER_DEVICE_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-# Also set in every worker (unless the user set them): glibc's malloc keeps freed blocks of up to 32 MiB
-# (its ceiling for this setting) in the heap instead of unmapping them, and keeps up to 1 GiB free. By
-# default an eager PyTorch step that makes a new multi-MB tensor (a K/V cache, a Performer state at
-# batch 64) gets fresh pages from the kernel, zeroed one page fault at a time: a 3 MB add took 2.6 ms
-# instead of 0.16 ms on the reference VM, and whether it happened drifted with glibc's adaptive threshold.
+# Also set in every worker (unless the user set them): glibc's malloc takes all memory from one heap
+# (one arena, no mmap) and keeps up to 1 GiB of it free rather than give it back, so a step in its
+# steady state asks the kernel for no fresh pages, each zeroed at a page fault. By default:
+# - an eager PyTorch step that makes a new multi-MB tensor (a K/V cache, a Performer state at batch 64)
+#   got fresh pages: a 3 MB add took 2.6 ms instead of 0.16 ms on the reference VM;
+# - XLA's buffers of more than 32 MiB (mmap's threshold at its ceiling) were mapped afresh at each call:
+#   100-583 faults (of 2 MiB pages) a JAX step at batch 64;
+# - XLA's threads each took a heap of their own (an arena per thread), which glibc shrinks whenever its
+#   top is free: in interleaved rounds some JAX steps at batch 64 then took 13-75k faults (of 4 KiB
+#   pages: the heap's pages are not huge) and ran 1.4-4x their median, a few each group.
+# With one arena and no mmap: no faults, p90/p50 1.01-1.07 against 1.2-1.9 for the same JAX steps
+# (baseline and Performer variants at batch 64, 40 interleaved rounds, 2026-11-28), peak memory the same.
 # PyTorch's own allocator asks for transparent huge pages for its large tensors (THP_MEM_ALLOC_ENABLE),
 # as numpy already does for its arrays: a kernel in "madvise" mode gives them only on request, and a
 # step that reads ~0.5 GB of weights misses the TLB less (baseline b=1 in PyTorch: 72-75 -> 62-65 ms,
 # 3 processes each, reference VM). glibc's malloc asks for them too (`glibc.malloc.hugetlb=1`, glibc
-# >= 2.35; older ones ignore it), for every framework: XLA's buffers of more than 32 MiB are mapped
-# afresh at each call, and a JAX step at batch 64 took 55k page faults (the baseline; 24k practical)
-# where with huge pages it takes 260 (100): 546-637 -> 449-499 ms and 152-185 -> 129-160 ms (3
-# processes each, alternated, reference VM); PyTorch at b=1 and ONNX Runtime at b=64 unchanged.
-WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+# >= 2.35; older ones ignore it) for the heap: a JAX step at batch 64 took 55k page faults before it
+# (the baseline; 24k practical), 546-637 -> 449-499 ms (3 processes each, alternated, reference VM).
+WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
                      "THP_MEM_ALLOC_ENABLE": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 # CpuSpeedProbe's kernel: exp over 16,384 float32 (64 KiB, in cache), 15 times (~25 us each).
 CPU_PROBE_ELEMENTS = 1 << 14

@@ -87,7 +87,7 @@ class RunPlan:
 # Other processes' CPU (cores' worth) past which a run or a group's rounds count as busy, the share
 # of CPU time stolen by the hypervisor, and the page faults per step, past which the noise line
 # names them (a step that maps fresh memory pays the kernel's zeroing each time, and how much varies:
-# 55k a step in JAX at batch 64 before the workers' glibc.malloc.hugetlb=1, a few hundred after).
+# 55k a step in JAX at batch 64 before the workers' malloc settings, none with them: WORKER_MALLOC_ENV).
 BUSY_CORES = 0.5
 STEAL_SHARE = 0.02
 FAULTS_PER_STEP = 1000

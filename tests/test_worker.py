@@ -107,7 +107,7 @@ def test_workers_see_bench_worker_thread_counts_and_malloc_settings_before_any_f
     probe = tmp_path / "probe.py"
     probe.write_text("import json, os, sys\n"
                      "print(json.dumps({k: os.environ.get(k) for k in ('BENCH_WORKER', 'OMP_NUM_THREADS',"
-                     " 'MALLOC_MMAP_THRESHOLD_', 'THP_MEM_ALLOC_ENABLE', 'GLIBC_TUNABLES')}),"
+                     " 'MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'THP_MEM_ALLOC_ENABLE', 'GLIBC_TUNABLES')}),"
                      " file=sys.stderr)\n"
                      "print('stdout noise from a plugin')\n")  # must not corrupt the protocol
     w = Worker("gw42", plugins=[str(probe)], threads=3)
@@ -118,7 +118,8 @@ def test_workers_see_bench_worker_thread_counts_and_malloc_settings_before_any_f
         w.close()
     assert env["BENCH_WORKER"] == "gw42"
     assert env["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS", "3")
-    assert env["MALLOC_MMAP_THRESHOLD_"] == os.environ.get("MALLOC_MMAP_THRESHOLD_", str(32 << 20))  # glibc's ceiling
+    assert env["MALLOC_ARENA_MAX"] == os.environ.get("MALLOC_ARENA_MAX", "1")
+    assert env["MALLOC_MMAP_MAX_"] == os.environ.get("MALLOC_MMAP_MAX_", "0")
     assert env["THP_MEM_ALLOC_ENABLE"] == os.environ.get("THP_MEM_ALLOC_ENABLE", "1")
     assert env["GLIBC_TUNABLES"] == os.environ.get("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
     assert WORKER_ENV == "BENCH_WORKER" and not os.environ.get(WORKER_ENV)  # the parent is no worker
