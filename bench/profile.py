@@ -48,7 +48,8 @@ class Op:
 
 
 # A step's state leaves (variants.schedule) and the modules that own them: an op on the state that
-# XLA names by the state's argument ("state['blocks'][11]['s']") belongs to that module.
+# XLA names by the state's argument ("state['blocks'][11]['k']", "state_in_place['blocks'][11]['s']")
+# belongs to that module.
 STATE_LEAF_MODULE = {"k": "mhsa", "v": "mhsa", "valid": "mhsa", "s": "mhsa", "z": "mhsa", "conv": "conv",
                      "stack": "stack"}
 
@@ -62,7 +63,7 @@ def _tokens(path: str) -> set[str]:
         part = re.sub(r"_\d+$", "", part)
         if part and not part.isdigit():
             out.add(part)
-    if "state" in out:
+    if "state" in out or "state_in_place" in out:
         out |= {STATE_LEAF_MODULE[t] for t in out if t in STATE_LEAF_MODULE}
     return out
 

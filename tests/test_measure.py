@@ -177,6 +177,34 @@ def test_a_chunk_that_leaves_frames_in_a_buffer_compiles_every_phase_ahead():
     assert session._compiled == compiled_before
 
 
+def test_a_jax_step_donates_the_state_it_adds_to_and_keeps_the_caches_it_shifts():
+    # The Performer's running sums are updated where they lie (donated: the step consumes them); the
+    # conv caches shift, and are not donated (one copy a step less). The step is the encoder's.
+    from bench.adapters import jax_adapter
+    from bench.machine import resolve_device
+    from variants.state import named_arrays
+
+    session = jax_adapter.prepare(_tiny("practical"), batch=2, chunk_frames=6, dtype="float32",
+                                  native_device=resolve_device("jax", "cpu"), mode="jit", seed=0,
+                                  precision="highest")
+    enc = session.encoder
+    in_place, rest = state = session.initial_state()
+    leaf = lambda path: path.rsplit(".", 1)[1]  # noqa: E731
+    assert {leaf(p) for p, _ in named_arrays(in_place)} == {"s", "z"}
+    assert {leaf(p) for p, _ in named_arrays(rest)} & {"s", "z"} == set()
+    assert dict(named_arrays(jax_adapter.merge_state(*state))).keys() == dict(named_arrays(enc.init_state(2))).keys()
+
+    expected_y, expected_state = enc.step_fn(enc.params, session.x, enc.init_state(2))
+    y, new_state = session.step(state)
+    assert all(a.is_deleted() for _, a in named_arrays(in_place))
+    assert not any(a.is_deleted() for _, a in named_arrays(rest))
+    np.testing.assert_allclose(y, expected_y, atol=1e-5, rtol=0)
+    got, expected = dict(named_arrays(jax_adapter.merge_state(*new_state))), dict(named_arrays(expected_state))
+    assert got.keys() == expected.keys()
+    for path, array in expected.items():
+        np.testing.assert_allclose(got[path], array, atol=1e-5, rtol=0)
+
+
 def test_a_step_compiled_once_is_loaded_from_xlas_persistent_cache_by_the_next_session():
     from bench.adapters import jax_adapter
     from bench.machine import resolve_device

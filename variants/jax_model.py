@@ -143,6 +143,15 @@ class ConvModule(nn.Module):
         return self._finish(self._depthwise(g)), jnp.split(g, [g.shape[1] - kept], axis=1)[1]
 
 
+def _shift_in(cache, new):
+    """The last cache.shape[2] frames of `cache` followed by `new` (along axis 2), without joining the
+    whole cache to `new` first."""
+    left, t = cache.shape[2], new.shape[2]
+    if t >= left:
+        return new[:, :, t - left:]
+    return jnp.concatenate([cache[:, :, t:], new], axis=2)
+
+
 def _split_heads(x, num_heads):
     b, t, d = x.shape
     return x.reshape(b, t, num_heads, d // num_heads)
@@ -176,15 +185,21 @@ class LocalAttention(nn.Module):
         q, k, v = jnp.split(self.qkv(self.norm(x)), 3, axis=-1)  # -> q, k, v [B, heads, T, head_dim]
         return tuple(jnp.swapaxes(_split_heads(a, self.num_heads), 1, 2) for a in (q, k, v))
 
-    def _attend(self, q, k, v, offsets, mask):
-        """offsets[t, s] = query position - key position; mask [B or 1, T, S] marks visible keys."""
+    def _attend(self, q, keys, values, offsets, mask):
+        """keys/values: blocks of the key axis (the cache, then this chunk's frames), each [B, heads, S_i,
+        head_dim], used where they lie; offsets[t, s] = query position - key position over all of them;
+        mask [B or 1, T, S] marks visible keys."""
         scale = float(self.model_dim // self.num_heads) ** -0.5  # a Python float stays weakly typed (bf16 stays bf16)
-        scores = jnp.einsum("bhtd,bhsd->bhts", q, k) * scale
+        scores = jnp.concatenate([jnp.einsum("bhtd,bhsd->bhts", q, k) for k in keys], axis=-1) * scale
         bias = self.rel_bias[:, np.clip(offsets + self.right, 0, self.left + self.right)]  # [H, T, S]
         scores = scores + bias[None]
         scores = jnp.where(mask[:, None], scores, jnp.finfo(scores.dtype).min)
-        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-        y = jnp.einsum("bhts,bhsd->bthd", probs, v)
+        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(values[0].dtype)
+        parts = np.cumsum([v.shape[2] for v in values])[:-1]
+        y = sum(jnp.einsum("bhts,bhsd->bhtd", p, v) for p, v in zip(jnp.split(probs, parts, axis=-1), values))
+        # heads leave the product first and are moved after it: asked for [B, T, H, dh] directly, XLA:CPU
+        # ran it as a generic dot at a tenth of the speed (one block at batch 64: 2.4 ms against 0.24 ms)
+        y = jnp.swapaxes(y, 1, 2)
         return self.out(y.reshape(y.shape[0], y.shape[1], self.model_dim))
 
     def __call__(self, x):
@@ -192,7 +207,7 @@ class LocalAttention(nn.Module):
         t = x.shape[1]
         offsets = np.arange(t)[:, None] - np.arange(t)[None, :]
         mask = (offsets <= self.left) & (offsets >= -self.right)
-        return self._attend(q, k, v, offsets, jnp.asarray(mask)[None])
+        return self._attend(q, (k,), (v,), offsets, jnp.asarray(mask)[None])
 
     def init_state(self, batch):
         shape = (batch, self.num_heads, self.left, self.model_dim // self.num_heads)
@@ -202,14 +217,15 @@ class LocalAttention(nn.Module):
     def step(self, x, state):
         q, k, v = self._project(x)
         b, t = x.shape[:2]
-        keys = jnp.concatenate([state["k"], k], axis=2)
-        values = jnp.concatenate([state["v"], v], axis=2)
         valid = jnp.concatenate([state["valid"], jnp.ones((b, t), bool)], axis=1)
         offsets = (self.left + np.arange(t))[:, None] - np.arange(self.left + t)[None, :]
         mask = jnp.asarray((offsets >= 0) & (offsets <= self.left))[None] & valid[:, None, :]
-        y = self._attend(q, keys, values, offsets, mask)
-        new_state = {"k": jnp.split(keys, [t], axis=2)[1], "v": jnp.split(values, [t], axis=2)[1],
-                     "valid": jnp.split(valid, [t], axis=1)[1]}
+        # The cache and the new frames are attended where they lie. Joined first (as the PyTorch model
+        # does: there the new state is a view of the join), XLA wrote the joined cache and then copied the
+        # new state out of it. With the product order in _attend, batch-64 steps took 16-17% less time
+        # on the reference VM (bench ab, 2026-11-28).
+        y = self._attend(q, (state["k"], k), (state["v"], v), offsets, mask)
+        new_state = {"k": _shift_in(state["k"], k), "v": _shift_in(state["v"], v), "valid": valid[:, t:]}
         return y, new_state
 
 

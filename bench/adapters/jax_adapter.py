@@ -1,9 +1,10 @@
 """JAX adapter: build the encoder, compile the step ahead of time, time it, count it with XLA.
 
-The step is `jax.jit(enc.step_fn, donate_argnums=2)` on the encoder's `params` and a device input
-chunk, lowered and compiled before any timing, so `compile_s` holds the whole trace + XLA compile
-and no timed step compiles. The state is donated: each step consumes the state the previous one
-returned, never a buffer already passed.
+The step is `enc.step_fn` jitted on the encoder's `params` and a device input chunk, lowered and
+compiled before any timing, so `compile_s` holds the whole trace + XLA compile and no timed step
+compiles. The state leaves a step adds to in place (the Performer's running sums) are donated, so XLA
+updates them where they lie; a session's state is the pair (those leaves, the rest), each a copy of
+the state tree with None where the other holds a leaf.
 
 XLA's persistent compilation cache (BENCH_XLA_CACHE: a folder, default
 ~/.cache/practical-conformer-bench/xla; "off" compiles every time) keeps compiled steps between
@@ -69,6 +70,44 @@ def use_compile_cache() -> str | None:
 COMPILE_CACHE = use_compile_cache()
 
 
+# The state leaves a step updates in place: the Performer's running sums (named as in
+# bench.profile.STATE_LEAF_MODULE). The others are caches that shift by the chunk's frames: donated,
+# they cost a step one more copy (XLA cannot shift a buffer onto itself, so it writes the new cache
+# aside and copies it into the donated one), and CPU steps at batch 64 took 12-20% longer (baseline
+# and practical, 30 interleaved bursts each; 2026-11-28); donating the sums saves practical 3-4% at
+# batch 1.
+IN_PLACE_LEAVES = ("s", "z")
+
+
+def _in_place(path) -> bool:
+    last = path[-1]
+    return getattr(last, "key", getattr(last, "name", None)) in IN_PLACE_LEAVES
+
+
+def split_state(state) -> tuple[Any, Any]:
+    """(the leaves updated in place, the rest): two copies of the state tree, None where the other
+    holds a leaf (static metadata such as a StackBuffer's count kept in both)."""
+    keep = jax.tree_util.tree_map_with_path
+    return (keep(lambda p, a: a if _in_place(p) else None, state),
+            keep(lambda p, a: None if _in_place(p) else a, state))
+
+
+def merge_state(state_in_place, state):
+    """The state tree that split_state split."""
+    return jax.tree_util.tree_map(lambda a, b: b if a is None else a, state_in_place, state,
+                                  is_leaf=lambda a: a is None)
+
+
+def donating_step(step_fn: Callable) -> Callable:
+    """step_fn(params, x, state) jitted as (params, x, state_in_place, state) -> (y, (state_in_place,
+    state)), donating the first part (the argument names are what a profile reads a state op by)."""
+    def step(params, x, state_in_place, state):
+        y, new = step_fn(params, x, merge_state(state_in_place, state))
+        return y, split_state(new)
+
+    return jax.jit(step, donate_argnums=(2,))
+
+
 class JaxSession:
     def __init__(self, spec, *, batch: int, chunk_frames: int, dtype: str, native_device: Any, mode: str,
                  seed: int, precision: str):
@@ -82,7 +121,7 @@ class JaxSession:
         self.encoder = enc = build_encoder(spec, "jax", seed=seed, dtype=dtype, device=native_device)
         self.x = enc.to_native(random_frames(batch, chunk_frames, spec.input_dim))
         self.params = enc.params
-        self._jitted = jax.jit(enc.step_fn, donate_argnums=(2,))
+        self._jitted = donating_step(enc.step_fn)
         self._compiled: dict[Any, Any] = {}
         before = dict(_cache_events)
         t0 = time.perf_counter()
@@ -98,7 +137,7 @@ class JaxSession:
     def _compile_for(self, state):
         treedef = jax.tree_util.tree_structure(state)
         if treedef not in self._compiled:
-            self._compiled[treedef] = self._jitted.lower(self.params, self.x, state).compile()
+            self._compiled[treedef] = self._jitted.lower(self.params, self.x, *state).compile()
         return self._compiled[treedef]
 
     def _compile_phases(self) -> None:
@@ -107,7 +146,7 @@ class JaxSession:
         state = self.initial_state()
         for _ in range(MAX_PHASES):
             before = _avals(state)
-            _, state = self._compile_for(state)(self.params, self.x, state)
+            _, state = self._compile_for(state)(self.params, self.x, *state)
             _check_same_avals(before, _avals(state))
             if jax.tree_util.tree_structure(state) in self._compiled:
                 return
@@ -115,12 +154,12 @@ class JaxSession:
 
     # ---- session interface -----------------------------------------------------------------
     def initial_state(self):
-        return self.encoder.init_state(self.batch)
+        return split_state(self.encoder.init_state(self.batch))
 
     def step(self, state):
         if self._single:
-            return self._main(self.params, self.x, state)
-        return self._compiled[jax.tree_util.tree_structure(state)](self.params, self.x, state)
+            return self._main(self.params, self.x, *state)
+        return self._compiled[jax.tree_util.tree_structure(state)](self.params, self.x, *state)
 
     @staticmethod
     def sync(tree) -> None:
