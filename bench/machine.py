@@ -505,6 +505,16 @@ def peak_rss_bytes() -> int | None:
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, others KiB
 
 
+def huge_page_share(smaps_rollup: str = "/proc/self/smaps_rollup") -> float | None:
+    """The share of this process's anonymous memory (its heap: weights, state, buffers) that lies on
+    transparent huge pages, or None where unknown (no /proc/self/smaps_rollup). A step that reads
+    hundreds of MB of weights misses the TLB more on 4 KiB pages; which pages a worker got depends on
+    how fragmented the machine's free memory was when it allocated."""
+    anon = _proc_kib(smaps_rollup, "Anonymous")
+    huge = _proc_kib(smaps_rollup, "AnonHugePages")
+    return huge / anon if anon and huge is not None else None
+
+
 def load_average() -> float | None:
     """The 1-minute load average (None where the OS has none)."""
     try:

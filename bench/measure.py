@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 
 from bench import profile, roofline, stats, timing
 from bench.config import MeasureSettings, load_config
-from bench.machine import DeviceUnavailableError, machine_info, minor_page_faults, peak_rss_bytes, resolve_device
+from bench.machine import DeviceUnavailableError, huge_page_share, machine_info, minor_page_faults, peak_rss_bytes, resolve_device
 from bench.schema import DTYPE_BYTES, EXTRA_KEYS, PRECISIONS, RAW_STEP_KEY, RECORD_KEYS, activation_dtype
 from bench.worker import WORKER_ENV
 
@@ -157,6 +157,7 @@ class Prepared:
                 session.sync((outputs, state))
             self.state = state
             record["worker_peak_rss_bytes"] = peak_rss_bytes()
+            record["worker_huge_page_share"] = huge_page_share()
             record["status"] = "prepared"
         except Exception as e:  # noqa: BLE001 - a failed measurement is data
             self.fail(e)

@@ -106,6 +106,17 @@ def test_a_child_reports_its_own_peak_memory_not_its_parents():
     assert machine.peak_rss_bytes() > 1 << 30  # this process's own peak includes what it holds
 
 
+def test_the_huge_page_share_is_the_anonymous_memory_on_huge_pages(tmp_path):
+    rollup = tmp_path / "smaps_rollup"
+    rollup.write_text("Rss:              4000 kB\nAnonymous:        3000 kB\nAnonHugePages:    2048 kB\n")
+    assert machine.huge_page_share(str(rollup)) == pytest.approx(2048 / 3000)
+    rollup.write_text("Rss:              4000 kB\nAnonymous:           0 kB\nAnonHugePages:       0 kB\n")
+    assert machine.huge_page_share(str(rollup)) is None  # nothing anonymous: no share to speak of
+    assert machine.huge_page_share(str(tmp_path / "absent")) is None  # no /proc (macOS, Windows)
+    here = machine.huge_page_share()
+    assert here is None or 0.0 <= here <= 1.0
+
+
 @pytest.mark.skipif(machine.minor_page_faults() is None, reason="no getrusage")
 def test_touching_fresh_pages_counts_page_faults_and_reading_them_again_does_not():
     import mmap

@@ -228,6 +228,8 @@ def test_the_good_variants_are_measured_in_workers_in_rounds(misbehaving_run):
         # its peak memory, reported by the worker, is within what the run's memory check assumed
         assert 50 << 20 < r["worker_peak_rss_bytes"] <= runner.worker_memory_bytes("jax", r["weight_bytes"],
                                                                                     r["state_bytes"])
+        share = r["worker_huge_page_share"]  # of the worker's own memory, where /proc says
+        assert (share is None) == (machine.huge_page_share() is None) and (share is None or 0.0 <= share <= 1.0)
     assert ok["worker"] != wide["worker"]  # one worker process per variant
     assert ok["params"] < wide["params"]
     rounds = results.load_raw_rounds(out)
