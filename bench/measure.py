@@ -93,6 +93,11 @@ def analytic_columns(spec, batch: int, chunk_frames: int, dtype: str, precision:
 
 
 PEAK_KEYS = ("peak_flops_per_s", "peak_bytes_per_s", "peaks_source")  # a device's peaks, measured once per run
+# What the worker counts around each burst, a value per round, and the record keeps the median of:
+# minor page faults per step (memory a step got fresh from the kernel), and the cores its threads kept
+# busy while the steps ran (process CPU time / wall time): 2.0 on two cores is every thread working or
+# spinning, 1.0 one; a step whose pool threads sleep through its small ops runs as if on one core.
+BURST_COLUMNS = ("page_faults_per_step", "worker_cores_busy")
 
 
 @dataclass
@@ -108,7 +113,7 @@ class Prepared:
     state: Any = None
     timed_s: list[float] = field(default_factory=list)  # every step time_burst timed, in order
     device_s: list[float] | None = None  # the last burst's steps on the device's clock (CUDA events), if any
-    faults_per_step: float | None = None  # the last burst's minor page faults per step (None where unknown)
+    burst_columns: dict[str, float] = field(default_factory=dict)  # the last burst's BURST_COLUMNS it could count
     notes: list[str] = field(default_factory=list)  # the record's warnings so far
     bursts: int = 0  # how many time_burst calls
 
@@ -174,10 +179,11 @@ class Prepared:
         self.record["measure_wall_s"] = (self.record.get("measure_wall_s") or 0.0) + time.perf_counter() - t_start
 
     def time_burst(self, steps: int, warmup: int = 0) -> list[float]:
-        faults = minor_page_faults()
+        faults, cpu_s, wall_s = minor_page_faults(), time.process_time(), time.perf_counter()
         result = timing.time_steps(self.session.step, self.state, self.session.sync, warmup=warmup,
                                    min_iterations=steps, min_time_s=0.0, max_time_s=math.inf,
                                    device_timer=getattr(self.session, "device_timer", None))
+        cpu_s, wall_s = time.process_time() - cpu_s, time.perf_counter() - wall_s
         self.bursts += 1
         # The outputs every burst; the state, which is far larger (seen: 14-79 ms to check at batch 64,
         # a third of a step), in bursts 1, 2, 4, 8, ...: a NaN in the state reaches the outputs anyway
@@ -187,8 +193,9 @@ class Prepared:
         self.state = result.state
         self.timed_s.extend(result.step_s)
         self.device_s = result.device_s
+        self.burst_columns = {"worker_cores_busy": cpu_s / wall_s} if wall_s > 0 else {}
         if faults is not None:
-            self.faults_per_step = (minor_page_faults() - faults) / (warmup + len(result.step_s))
+            self.burst_columns["page_faults_per_step"] = (minor_page_faults() - faults) / (warmup + len(result.step_s))
         return list(result.step_s)
 
     def profile(self, steps: int, peak_bytes_per_s: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -286,13 +293,13 @@ def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int,
 
 
 def finish(record: Mapping[str, Any], rounds: Sequence[Sequence[float]], settings: MeasureSettings,
-           device_s: Sequence[float] = (), faults_per_step: Sequence[float] = (),
+           device_s: Sequence[float] = (), bursts: Sequence[Mapping[str, float]] = (),
            bandwidth_samples: Sequence[float] = ()) -> dict[str, Any]:
     """The final record of a prepared measurement from its step times, one list per round (seconds):
     latency percentiles over every step, a 95% interval of the p50 over rounds, real-time factor,
     throughput and the roofline fraction; with `device_s` (the same steps on the device's clock, CUDA
-    events) their p50 and p90 too; with `faults_per_step` (each round's minor page faults per step)
-    their median; with `bandwidth_samples` (bench.roofline.BandwidthProbe, one per round of these
+    events) their p50 and p90 too; with `bursts` (each round's Prepared.burst_columns) the median of
+    each of BURST_COLUMNS; with `bandwidth_samples` (bench.roofline.BandwidthProbe, one per round of these
     rounds) the roofline's bandwidth is theirs (window_peak_columns). Pure: no framework, nothing timed."""
     record = dict(record)
     if bandwidth_samples and record.get("peak_bytes_per_s"):
@@ -300,8 +307,9 @@ def finish(record: Mapping[str, Any], rounds: Sequence[Sequence[float]], setting
     if device_s:
         device = stats.latency_stats(list(device_s))
         record.update(latency_ms_p50_device=device.latency_ms_p50, latency_ms_p90_device=device.latency_ms_p90)
-    if faults_per_step:
-        record["page_faults_per_step"] = statistics.median(faults_per_step)
+    for column in BURST_COLUMNS:
+        if values := [b[column] for b in bursts if b.get(column) is not None]:
+            record[column] = statistics.median(values)
     notes = [record["warnings"]] if record.get("warnings") else []
     steps = [t for burst in rounds for t in burst]
     if not steps:
@@ -354,15 +362,15 @@ def measure(variant, framework: str, device: str, batch: int, chunk_frames: int,
         return prepared.record | {RAW_STEP_KEY: []}
     rounds: list[list[float]] = []
     device_s: list[float] = []
-    faults: list[float] = []
+    bursts: list[dict[str, float]] = []
     try:
         for _ in range(settings.rounds):
             rounds.append(prepared.time_burst(settings.steps_per_round, settings.round_warmup))
             device_s += prepared.device_s or []
-            faults += [prepared.faults_per_step] if prepared.faults_per_step is not None else []
+            bursts.append(prepared.burst_columns)
     except Exception as e:  # noqa: BLE001 - a failed measurement is data
         return prepared.record | {"status": "failed", "error": one_line_error(e), RAW_STEP_KEY: []}
-    record = finish(prepared.record, rounds, settings, device_s, faults)
+    record = finish(prepared.record, rounds, settings, device_s, bursts)
     record[RAW_STEP_KEY] = [t for burst in rounds for t in burst]
     return record
 

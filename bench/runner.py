@@ -359,7 +359,7 @@ class _Group:
         self.records: dict[Job, dict[str, Any]] = {}
         self.rounds: dict[Job, list[list[float]]] = {job: [] for job in jobs}
         self.device_s: dict[Job, list[float]] = {job: [] for job in jobs}  # kept steps on the device's clock
-        self.faults: dict[Job, list[float]] = {job: [] for job in jobs}  # each kept round's page faults per step
+        self.bursts: dict[Job, list[dict[str, float]]] = {job: [] for job in jobs}  # each kept round's measure.BURST_COLUMNS
         self.alive: list[Job] = []
         self.order: list[list[Job]] = []  # the order each round ran in
         self.capped = False  # the rounds stopped at max_time_s before min_time_s was reached
@@ -586,8 +586,7 @@ def _rounds(group: _Group, settings: MeasureSettings, pool: WorkerPool, rng: ran
             if reply is not None and warming_up == 0:
                 group.rounds[job].append(reply["step_s"])
                 group.device_s[job] += reply.get("device_s", [])
-                if "faults_per_step" in reply:
-                    group.faults[job].append(reply["faults_per_step"])
+                group.bursts[job].append(reply.get("burst", {}))
         if warming_up:
             warming_up -= 1
             continue
@@ -656,7 +655,7 @@ def _finish(group: _Group, settings: MeasureSettings) -> dict[Job, dict[str, Any
         if record is None:
             continue
         if record.get("status") == "prepared":
-            record = measure.finish(record, group.rounds[job], settings, group.device_s[job], group.faults[job],
+            record = measure.finish(record, group.rounds[job], settings, group.device_s[job], group.bursts[job],
                                     group.bandwidth)
             record["timing_capped"] = group.capped
             record["cpu_probe_us"] = statistics.median(group.cpu_speed) * 1e6 if group.cpu_speed else None

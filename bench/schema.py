@@ -56,7 +56,7 @@ EXTRA_KEYS = (
     "timing_capped", "others_cpu_cores", "cpu_steal_share", "cpu_probe_us", "warmup_iterations", "peak_flops_per_s", "peak_bytes_per_s", "peaks_source",
     "peak_bytes_per_s_start",
     "warnings", "measure_wall_s", *(f"roofline_ms_{k}" for k in NAMED_DEVICES),
-    "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "latency_ms_p50_device", "latency_ms_p90_device", "rounds", "steps_per_round", "worker", "worker_peak_rss_bytes", "worker_huge_page_share", "page_faults_per_step", "revision",
+    "latency_ms_p50_ci_low", "latency_ms_p50_ci_high", "latency_ms_p50_device", "latency_ms_p90_device", "rounds", "steps_per_round", "worker", "worker_peak_rss_bytes", "worker_huge_page_share", "page_faults_per_step", "worker_cores_busy", "revision",
     "precision_applied", "runtime_options", "quantized", "base_variant", "overrides", "host", *profile.COLUMNS,
 )
 

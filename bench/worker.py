@@ -10,8 +10,8 @@ Requests: {"cmd": "prepare", "key": ..., "args": {...}} -> {"record": {...}} (th
 with "warm": false in args, only built and compiled, status "built", until
 {"cmd": "warm", "key": ..., "settings": {...}, "known_peaks": {...} | null} -> {"record": {...}});
 {"cmd": "time", "key": ..., "steps": n, "warmup": w} -> {"step_s": [...]} (and "device_s": [...], the same
-steps on the device's clock, where the session has one; "faults_per_step", the burst's minor page faults
-per step, where the OS counts them);
+steps on the device's clock, where the session has one; "burst", what the worker counted around the burst:
+bench.measure.BURST_COLUMNS, those the OS lets it count);
 {"cmd": "profile", "key": ..., "steps": n[, "peak_bytes_per_s": b]} -> {"columns": {...}, "profile": {"classes": ..., "ops": [...]}}
 (bench.measure.Prepared.profile);
 {"cmd": "drop", "key": ...} -> {}; {"cmd": "exit"}. A request that fails in Python answers
@@ -192,7 +192,7 @@ def _serve(requests, reply) -> None:
                 prepared = sessions[message["key"]]
                 step_s = prepared.time_burst(message["steps"], message.get("warmup", 0))
                 reply({"step_s": step_s} | ({"device_s": prepared.device_s} if prepared.device_s else {})
-                      | ({"faults_per_step": prepared.faults_per_step} if prepared.faults_per_step is not None else {}))
+                      | ({"burst": prepared.burst_columns} if prepared.burst_columns else {}))
             elif cmd == "profile":
                 columns, raw = sessions[message["key"]].profile(message["steps"], message.get("peak_bytes_per_s"))
                 reply({"columns": columns, "profile": raw})

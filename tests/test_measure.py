@@ -2,6 +2,7 @@
 
 import math
 import os
+import time
 
 import numpy as np
 import pytest
@@ -249,7 +250,9 @@ def test_finish_turns_rounds_into_the_latency_columns():
     two = finish(record, rounds[:2], QUICK)
     assert two["status"] == "ok" and two.get("latency_ms_p50_ci_low") is None  # too few rounds for an interval
     assert r.get("page_faults_per_step") is None  # not counted: not claimed
-    assert finish(record, rounds, QUICK, faults_per_step=[0.0, 3.0, 100.0, 2.0])["page_faults_per_step"] == 2.5
+    bursts = [{"page_faults_per_step": f, "worker_cores_busy": c} for f, c in [(0.0, 1.0), (3.0, 1.9), (100.0, 1.2), (2.0, 1.5)]]
+    counted = finish(record, rounds, QUICK, bursts=bursts + [{}])  # a burst that counted nothing adds nothing
+    assert counted["page_faults_per_step"] == 2.5 and counted["worker_cores_busy"] == pytest.approx(1.35)
 
 
 def test_a_burst_counts_the_page_faults_of_a_step_that_takes_fresh_memory():
@@ -257,7 +260,8 @@ def test_a_burst_counts_the_page_faults_of_a_step_that_takes_fresh_memory():
 
     prepared = prepare(_tiny("practical"), "jax", "cpu", 1, 6, settings=QUICK)
     prepared.time_burst(2)
-    assert prepared.faults_per_step is not None and prepared.faults_per_step >= 0
+    assert prepared.burst_columns["page_faults_per_step"] >= 0
+    assert 0.0 < prepared.burst_columns["worker_cores_busy"] <= os.cpu_count() + 0.5  # CPU seconds per wall second
     step = prepared.session.step
 
     def step_on_fresh_pages(state):  # as an eager step does whose new tensors come from the kernel
@@ -268,7 +272,15 @@ def test_a_burst_counts_the_page_faults_of_a_step_that_takes_fresh_memory():
 
     prepared.session.step = step_on_fresh_pages
     prepared.time_burst(3, warmup=1)
-    assert prepared.faults_per_step >= 8  # 16 MiB a step: 4096 pages, or 8 huge ones
+    assert prepared.burst_columns["page_faults_per_step"] >= 8  # 16 MiB a step: 4096 pages, or 8 huge ones
+
+    def step_that_waits(state):  # a step whose time is spent waiting, not computing: no core kept busy
+        time.sleep(0.05)
+        return step(state)
+
+    prepared.session.step = step_that_waits
+    prepared.time_burst(3)
+    assert prepared.burst_columns["worker_cores_busy"] < 0.5
 
 
 def test_finish_without_any_step_is_a_failed_record():
