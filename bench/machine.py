@@ -49,7 +49,8 @@ WORKER_DEVICE_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 #   top is free: in interleaved rounds some JAX steps at batch 64 then took 13-75k faults (of 4 KiB
 #   pages: the heap's pages are not huge) and ran 1.4-4x their median, a few each group.
 # With one arena and no mmap: no faults, p90/p50 1.01-1.07 against 1.2-1.9 for the same JAX steps
-# (baseline and Performer variants at batch 64, 40 interleaved rounds, 2026-11-28), peak memory the same.
+# (baseline and Performer variants at batch 64, 40 interleaved rounds, 2026-11-28); peak memory a little
+# higher (the JAX baseline at batch 64: 2.3-2.4 -> 2.5-2.6 GiB, two quick runs each way).
 # PyTorch's own allocator asks for transparent huge pages for its large tensors (THP_MEM_ALLOC_ENABLE),
 # as numpy already does for its arrays: a kernel in "madvise" mode gives them only on request, and a
 # step that reads ~0.5 GB of weights misses the TLB less (baseline b=1 in PyTorch: 72-75 -> 62-65 ms,
@@ -463,16 +464,23 @@ class CpuWatch:
         return {"others_cpu_cores": max(0.0, (busy - own) / total * cores), "cpu_steal_share": steal / total}
 
 
-def _proc_kib(path: str, field: str) -> int | None:
-    """A "Field:  123 kB" line of a /proc file, in bytes, or None where unreadable (no /proc)."""
+def _proc_kib_lines(path: str) -> dict[str, int]:
+    """Every "Field:  123 kB" line of a /proc file, in bytes ({} where unreadable: no /proc)."""
+    values: dict[str, int] = {}
     try:
         with open(path) as f:
             for line in f:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+                name, _, rest = line.partition(":")
+                if rest.rstrip().endswith(" kB"):
+                    values.setdefault(name, int(rest.split()[0]) * 1024)
+    except (OSError, ValueError):
         pass
-    return None
+    return values
+
+
+def _proc_kib(path: str, field: str) -> int | None:
+    """One "Field:  123 kB" line of a /proc file, in bytes, or None where unreadable (no /proc)."""
+    return _proc_kib_lines(path).get(field)
 
 
 def available_memory_bytes() -> int | None:
@@ -510,8 +518,8 @@ def huge_page_share(smaps_rollup: str = "/proc/self/smaps_rollup") -> float | No
     transparent huge pages, or None where unknown (no /proc/self/smaps_rollup). A step that reads
     hundreds of MB of weights misses the TLB more on 4 KiB pages; which pages a worker got depends on
     how fragmented the machine's free memory was when it allocated."""
-    anon = _proc_kib(smaps_rollup, "Anonymous")
-    huge = _proc_kib(smaps_rollup, "AnonHugePages")
+    lines = _proc_kib_lines(smaps_rollup)  # one walk of the process's mappings for both
+    anon, huge = lines.get("Anonymous"), lines.get("AnonHugePages")
     return huge / anon if anon and huge is not None else None
 
 
