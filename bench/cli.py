@@ -34,6 +34,7 @@ DtypeFlag = Annotated[Optional[str], typer.Option("--dtype", help="float32, bflo
 ConfigFlag = Annotated[Optional[Path], typer.Option("--config", help="Config file. [default: ./bench.toml if present]")]
 QuickFlag = Annotated[bool, typer.Option("--quick", help="Few repetitions (bench.toml [measure.quick]): smoke runs and CI.")]
 ProgressFlag = Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")]
+ThreadsFlag = Annotated[Optional[str], typer.Option("--threads", help="Threads each worker computes with: auto (every usable core, one fewer per core other processes keep busy when the run starts) or a number. [default: bench.toml run.threads]")]
 PluginFlag = Annotated[Optional[list[str]], typer.Option("--plugin", help="A module name or .py file that registers variants with @variants.register; repeatable. [default: bench.toml run.plugins]")]
 
 
@@ -177,6 +178,7 @@ def run_cmd(
     progress: ProgressFlag = True,
     plugin: PluginFlag = None,
     spec_set: SetFlag = None,
+    threads: ThreadsFlag = None,
     profile: Annotated[bool, typer.Option("--profile", help="After timing, split each step's time into op classes with the framework's profiler (see 'bench profile').")] = False,
 ) -> None:
     """Measure variants x frameworks x batches on one device and write a run folder.
@@ -200,7 +202,7 @@ def run_cmd(
         cfg = load_config(config)
         run = apply_flags(cfg, variant=variant, framework=framework, batch=batch, chunk=chunk, torch_mode=torch_modes,
                           dtype=dtype, precision=precision, device=device, out=out, machine_tag=machine_tag,
-                          plugins=tuple(plugin or ()), spec_set=tuple(spec_set or ()))
+                          plugins=tuple(plugin or ()), spec_set=tuple(spec_set or ()), threads=threads)
         settings = cfg.measure_for(quick)
         if profile or settings.profile:  # each class is shown beside its roofline bound: measure the peaks
             settings = replace(settings, profile=True, roofline=True)
@@ -228,7 +230,7 @@ def _execute(cfg, run, settings, quick: bool, progress: bool, framework_named: b
         if extra:
             typer.echo(extra)
     typer.echo(f"{len(summary.records)} records in {out_dir} ({summary.elapsed_s:.0f} s)")
-    for line in (summary.noise_line(), summary.speed_line()):
+    for line in (summary.threads_line(), summary.noise_line(), summary.speed_line()):
         if line:
             typer.echo(line)
     if summary.failed:
@@ -396,6 +398,7 @@ def ab_cmd(
     progress: ProgressFlag = True,
     plugin: PluginFlag = None,
     spec_set: SetFlag = None,
+    threads: ThreadsFlag = None,
 ) -> None:
     """Compare the variant code of two git revisions on this machine, in one interleaved run.
 
@@ -422,7 +425,7 @@ def ab_cmd(
         head_commit = ab.resolve_revision(repo, head) if head is not None else None
         run = apply_flags(cfg, variant=variant, framework=framework, batch=batch, chunk=chunk, torch_mode=torch_modes,
                           dtype=dtype, precision=precision, device=device, out=out, plugins=tuple(plugin or ()),
-                          spec_set=tuple(spec_set or ()))
+                          spec_set=tuple(spec_set or ()), threads=threads)
         if out is None:
             run = _renamed_out(run, "ab")
         if run.device in machine.EXCLUSIVE_DEVICES:
@@ -446,7 +449,9 @@ def ab_cmd(
         typer.echo(f"bench ab: {head_label} vs {base_commit[:12]}, {len(plan.jobs())} measurements -> {out_dir}",
                    err=True)
         with _stopped_runs(writer, out_dir):
-            runner.run(plan, cfg.measure_for(quick), writer, progress=progress)
+            summary = runner.run(plan, cfg.measure_for(quick), writer, progress=progress)
+        if line := summary.threads_line():
+            typer.echo(line, err=True)
         changes = ab.compare(writer.records, results.load_raw_rounds(out_dir), limit, cfg.ab.accept)
     typer.echo(ab.render(changes, base_commit[:12], head_label, limit))
     code = ab.exit_code(changes)

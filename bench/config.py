@@ -60,6 +60,9 @@ class MeasureSettings:
     profile_steps: int  # steps profiled (and as many timed plainly just before, in the same process) (once per process)
 
 
+THREADS_AUTO = "auto"  # [run] threads: every usable core, one fewer per core other processes keep busy
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """What one `bench run` measures: variants x frameworks x modes x batches on one device."""
@@ -79,6 +82,9 @@ class RunConfig:
     # Spec fields to set, each with its values ([run.set], `--set field=a,b`): every combination is a
     # cell, and every variant is measured in every cell, named by it ('baseline[left_context=128]').
     spec_set: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Threads each worker computes with (THREADS_AUTO, or a number: fewer than the usable cores also
+    # confines each worker to that many cores)
+    threads: int | str = THREADS_AUTO
 
     def modes(self, framework: str) -> tuple[str, ...]:
         return {"torch": self.torch_modes, "jax": self.jax_modes}.get(framework, MODES[framework])
@@ -375,7 +381,28 @@ def _run_config(run: TableReader, base: RunConfig | None) -> RunConfig:
         machine_tag=run.string("machine_tag", None if base is None else base.machine_tag) or None,
         plugins=_plugins(run, () if base is None else base.plugins),
         spec_set=_spec_set(run, () if base is None else base.spec_set),
+        threads=_threads(run, THREADS_AUTO if base is None else base.threads),
     )
+
+
+def parse_threads(value: Any) -> int | str:
+    """[run] threads or --threads: "auto" or a positive number of threads; ValueError says why not."""
+    if value == THREADS_AUTO:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected {THREADS_AUTO!r} or a positive number of threads, got {value!r}")
+    return value
+
+
+def _threads(run: TableReader, default: int | str) -> int | str:
+    if "threads" not in run.table:
+        return default
+    try:
+        return parse_threads(run.table["threads"])
+    except ValueError as e:
+        raise run.error("threads", str(e)) from None
 
 
 def _spec_set(run: TableReader, default: tuple) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -537,7 +564,7 @@ def apply_flags(config: Config, *, variant: str | None = None, framework: str | 
                 dtype: str | None = None, precision: str | None = None, device: str | None = None,
                 out: Path | None = None,
                 machine_tag: str | None = None, plugins: tuple[str, ...] = (),
-                spec_set: tuple[str, ...] = ()) -> RunConfig:
+                spec_set: tuple[str, ...] = (), threads: str | None = None) -> RunConfig:
     """The run `bench run` makes: `config.run` with each flag given (None: not given) in its place.
 
     The variant selection is resolved to names, `out_dir` to the run folder itself (a fresh
@@ -570,11 +597,17 @@ def apply_flags(config: Config, *, variant: str | None = None, framework: str | 
     device = device if device is not None else run.device
     if device not in DEVICES:
         raise FlagError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+    if threads is not None:
+        try:
+            threads = parse_threads(threads)
+        except ValueError as e:
+            raise FlagError(f"--threads: {e}") from None
     return dataclasses.replace(
         run, variants=",".join(names), frameworks=frameworks, batches=batches, chunk_frames=chunk_frames,
         torch_modes=torch_modes, dtype=dtype or run.dtype, precision=precision or run.precision, device=device,
         out_dir=str(out if out is not None else _default_out(run.out_dir, device)),
-        machine_tag=machine_tag or run.machine_tag, plugins=plugins, spec_set=tuple(spec_grid.items()))
+        machine_tag=machine_tag or run.machine_tag, plugins=plugins, spec_set=tuple(spec_grid.items()),
+        threads=run.threads if threads is None else threads)
 
 
 def plugin_refs(refs: tuple[str, ...]) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from bench import machine, measure, roofline, stats, table
-from bench.config import MeasureSettings, RunConfig
+from bench.config import THREADS_AUTO, MeasureSettings, RunConfig
 from bench.results import SCHEMA_VERSION, RunWriter, utc_now
 from bench.schema import DTYPE_BYTES, PRECISIONS, RAW_STEP_KEY, activation_dtype, raw_key
 from bench.worker import Worker, WorkerDied
@@ -61,6 +61,7 @@ class RunPlan:
     device_name: str | None = None  # one name for the device in every framework's records (None: each its own)
     sides: tuple[Side, ...] = (Side(),)
     plugins: tuple[str, ...] = ()
+    threads: int | str = THREADS_AUTO  # each worker's thread count (worker_threads)
 
     @classmethod
     def from_config(cls, run: RunConfig, sides: tuple[Side, ...] = (Side(),)) -> "RunPlan":
@@ -69,7 +70,7 @@ class RunPlan:
         return cls(variants=tuple(variants.select(run.variants)), frameworks=run.frameworks,
                    modes={fw: run.modes(fw) for fw in run.frameworks}, device=run.device, batches=run.batches,
                    chunk_frames=run.chunk_frames, dtype=run.dtype, precision=run.precision, sides=sides,
-                   plugins=run.plugins)
+                   plugins=run.plugins, threads=run.threads)
 
     def groups(self) -> list[list[Job]]:
         """Jobs that are compared with one another, one list per (framework, mode, batch)."""
@@ -99,6 +100,8 @@ class RunSummary:
     elapsed_s: float = 0.0
     clock_mhz: tuple[float | None, float | None] = (None, None)  # CPU clock at the start and the end, where readable
     busy_before: float | None = None  # cores other processes kept busy just before the run started
+    threads: int | None = None  # what each worker computed with (worker_threads)
+    usable_cores: int | None = None
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -122,6 +125,29 @@ class RunSummary:
     def speed_line(self) -> str | None:
         """One line when the CPU ran at different speeds in different groups of the run."""
         return speed_line(self.records)
+
+    def threads_line(self) -> str | None:
+        """One line when the workers computed with fewer threads than the usable cores."""
+        if not self.threads or not self.usable_cores or self.threads >= self.usable_cores:
+            return None
+        why = (f"other processes kept {self.busy_before:.1f} cores busy when the run started"
+               if self.busy_before is not None and self.busy_before >= BUSY_CORES else "as asked")
+        return (f"threads: each worker computed with {self.threads} thread(s) on as many of the "
+                f"{self.usable_cores} cores, {why} ([run] threads, --threads)")
+
+
+def worker_threads(setting: int | str, usable: int, busy: float | None) -> int:
+    """The threads each worker computes with: `setting` when it is a number; for THREADS_AUTO every
+    usable core, less one for each core's worth other processes keep busy (rounded; at least one).
+    Threads that share a core with a busy process wait for each other at every barrier: beside one
+    `while True` process on the 2-core reference VM, ONNX Runtime's two-thread batch-1 steps varied
+    2x within a run and a speedup came out 0.64x (1.05x quiet), where with one thread each its rows
+    varied 2-4% (2026-11-28)."""
+    if setting != THREADS_AUTO:
+        return int(setting)
+    if busy is None or busy < BUSY_CORES:
+        return usable
+    return max(1, usable - round(busy))
 
 
 def noise_line(records: Sequence[Mapping[str, Any]], clock_changed: bool = False, busy: bool = False) -> str | None:
@@ -215,6 +241,7 @@ class WorkerPool:
 
     def __init__(self, plan: RunPlan, start: Callable[..., Worker] = Worker):
         self.plan, self._start = plan, start
+        self.threads: int | None = None  # each worker's threads (None: every usable core); set before any starts
         self._sides = {side.name: side for side in plan.sides}
         self._workers: dict[tuple, Worker] = {}
         self._count = 0
@@ -232,7 +259,8 @@ class WorkerPool:
                 self._count += 1
                 side = self._sides.get(job.side, Side())
                 worker = self._start(f"gw{self._count}", variants_root=side.variants_root,
-                                     plugins=self.plan.plugins if side.plugins is None else side.plugins)
+                                     plugins=self.plan.plugins if side.plugins is None else side.plugins,
+                                     threads=self.threads)
                 self._workers[key] = worker
             return worker
 
@@ -445,6 +473,8 @@ def run(plan: RunPlan, settings: MeasureSettings, writer: RunWriter, *, progress
     summary = RunSummary(records=writer.records)
     clock_start = machine.cpu_clock_mhz()
     summary.busy_before = machine.busy_cores()
+    summary.usable_cores = machine.usable_cores()
+    summary.threads = pool.threads = worker_threads(plan.threads, summary.usable_cores, summary.busy_before)
     known_peaks: dict[tuple, dict[str, Any]] = {}  # _peaks_key -> peak columns, measured once
     probe: roofline.BandwidthProbe | None = None
     speed = machine.CpuSpeedProbe()

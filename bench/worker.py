@@ -50,6 +50,7 @@ class Worker:
         from bench.machine import REPO_ROOT, THREAD_COUNT_VARS, WORKER_DEVICE_ENV, WORKER_MALLOC_ENV, usable_cores
 
         threads = threads or usable_cores()
+        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         env = dict(os.environ)
         env[WORKER_ENV] = worker_id
         # thread pools are sized when a framework loads, so the count must be in the environment first
@@ -60,6 +61,8 @@ class Worker:
             args += ["--plugin", str(plugin)]
         if variants_root is not None:
             args += ["--variants-root", str(variants_root)]
+        if 0 < threads < len(allowed):  # fewer threads than cores: the worker runs on that many cores only
+            args += ["--cores", ",".join(map(str, allowed[:threads]))]
         self._stderr = tempfile.TemporaryFile(mode="w+b")
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                      env=env, cwd=REPO_ROOT, start_new_session=True)
@@ -211,7 +214,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.worker")
     parser.add_argument("--plugin", action="append", default=[])
     parser.add_argument("--variants-root", default=None, help="import variants/ from this checkout (bench ab)")
+    parser.add_argument("--cores", default=None, help="run on these cores only (comma-separated ids)")
     args = parser.parse_args(argv)
+    if args.cores:
+        # before any framework loads: XLA sizes its thread pool, and ONNX Runtime its intra-op threads
+        # (variants.build.usable_cores), to the cores a process may run on
+        os.sched_setaffinity(0, {int(c) for c in args.cores.split(",")})
 
     # Replies go to the stdout the parent reads; everything else that writes to fd 1 goes to stderr.
     replies = os.fdopen(os.dup(1), "w", buffering=1)

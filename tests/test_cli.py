@@ -144,6 +144,7 @@ def test_no_arguments_prints_help():
     (["run", "--device", "xpu"], "'xpu' is not one of cpu, gpu, tpu"),
     (["run", "--torch-mode", "jit"], "choose from eager, compile"),
     (["run", "--dtype", "fp8"], "choose from float32, bfloat16"),
+    (["run", "--threads", "0"], "--threads: expected 'auto' or a positive number of threads"),
     (["run", "--no-such-flag"], "No such option"),
     (["report", "/no/such/run"], "no such run folder"),
     (["report", "."], "not a run folder"),

@@ -104,6 +104,8 @@ def test_a_syntax_error_names_the_file_and_the_line(tmp_path):
     ('[measure]\nmin_iterations = 5\n', 2, "measure.min_iterations", "unknown key"),
     ('[measure.quick]\nquick = 1\n', 2, "measure.quick.quick", "unknown key"),
     ('[run]\nplugins = "mine.py"\n', 2, "run.plugins", "list of module names"),
+    ('[run]\nthreads = 0\n', 2, "run.threads", "'auto' or a positive number of threads"),
+    ('[run]\nthreads = "all"\n', 2, "run.threads", "'auto' or a positive number of threads"),
     ('[ab]\nthreshold = 0\n', 2, "ab.threshold", "> 0"),
     ('[ab]\nthreshhold = 0.1\n', 2, "ab.threshhold", "unknown key"),
     ('[ab]\n[[ab.accept]]\nvariant = "practical"\n', 2, "ab.accept[0]", "a variant and a reason"),
@@ -133,6 +135,14 @@ def test_values_are_read_into_dataclasses(tmp_path):
     assert isinstance(config.measure.min_time_s, float) and isinstance(config.measure.timeout_s, float)
     assert config.measure_for(quick=True).counters is True
     assert config.to_dict()["path"] == str(path)
+
+
+def test_threads_are_auto_unless_a_file_or_flag_gives_a_number(tmp_path):
+    assert load_config(REPO / "bench.toml").run.threads == "auto"
+    config = load_config(write(tmp_path, '[run]\nthreads = 1\n'))
+    assert config.run.threads == 1
+    assert apply_flags(config, threads="auto").threads == "auto" and apply_flags(config, threads="3").threads == 3
+    assert apply_flags(config).threads == 1
 
 
 def test_the_ab_gate_reads_its_threshold_and_accepted_slowdowns(tmp_path):
@@ -192,6 +202,8 @@ def test_without_flags_the_run_is_the_config_with_a_fresh_folder():
     (dict(torch_mode="jit"), "choose from eager, compile"),
     (dict(dtype="fp8"), "choose from float32, bfloat16"),
     (dict(device="xpu"), "'xpu' is not one of cpu, gpu, tpu"),
+    (dict(threads="0"), "--threads: expected 'auto' or a positive number"),
+    (dict(threads="two"), "--threads: expected 'auto' or a positive number"),
 ])
 def test_a_bad_flag_is_one_flag_error(flags, says):
     with pytest.raises(FlagError, match=says) as e:

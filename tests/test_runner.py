@@ -536,3 +536,36 @@ def test_the_noise_line_names_other_processes_and_steal_during_the_rounds(monkey
     faulting = runner.noise_line([_ok("practical", 4.0, 3.0, 5.0, page_faults_per_step=54936.0)])
     assert "steps took memory fresh from the kernel (up to 54,936 page faults a step" in faulting
     assert "GLIBC_TUNABLES" in faulting
+
+
+# ---- threads -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting, usable, busy, threads", [
+    ("auto", 2, None, 2), ("auto", 2, 0.3, 2),  # quiet (or unreadable): every core
+    ("auto", 2, 0.96, 1), ("auto", 2, 1.9, 1),  # one busy process: one thread; never fewer than one
+    ("auto", 8, 2.6, 5),
+    (3, 2, 0.96, 3), (1, 8, None, 1),  # a number is used as given
+])
+def test_workers_compute_with_the_cores_other_processes_leave_free(setting, usable, busy, threads):
+    assert runner.worker_threads(setting, usable, busy) == threads
+
+
+def test_the_threads_line_says_when_and_why_workers_had_fewer_threads_than_cores():
+    summary = runner.RunSummary(busy_before=0.96, threads=1, usable_cores=2)
+    assert summary.threads_line().startswith("threads: each worker computed with 1 thread(s) on as many of the 2 cores, "
+                                             "other processes kept 1.0 cores busy when the run started")
+    assert "as asked" in runner.RunSummary(busy_before=0.1, threads=1, usable_cores=2).threads_line()
+    assert runner.RunSummary(busy_before=0.1, threads=2, usable_cores=2).threads_line() is None
+
+
+def test_a_run_starts_its_workers_with_the_threads_it_chose(tmp_path, monkeypatch):
+    lab = FakeWorkers()
+    started = []
+    real_start = lab.start
+    lab.start = lambda worker_id, **kw: started.append(kw["threads"]) or real_start(worker_id, **kw)
+    monkeypatch.setattr(runner.machine, "busy_cores", lambda: 1.0)
+    monkeypatch.setattr(runner.machine, "usable_cores", lambda: 2)
+    summary, _ = go(tmp_path, lab, plan(), monkeypatch=monkeypatch)
+    assert started and set(started) == {1} and summary.threads == 1
+

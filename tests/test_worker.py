@@ -125,6 +125,22 @@ def test_workers_see_bench_worker_thread_counts_and_malloc_settings_before_any_f
     assert WORKER_ENV == "BENCH_WORKER" and not os.environ.get(WORKER_ENV)  # the parent is no worker
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to leave one out")
+def test_a_worker_with_fewer_threads_than_cores_runs_on_that_many_cores_before_any_framework_loads(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import json, os, sys\n"
+                     "print(json.dumps({'cores': sorted(os.sched_getaffinity(0)),"
+                     " 'omp': os.environ.get('OMP_NUM_THREADS'), 'jax': 'jax' in sys.modules}), file=sys.stderr)\n")
+    w = Worker("gw-one", plugins=[str(probe)], threads=1)
+    try:
+        assert w.request({"cmd": "drop", "key": "x"}, 30) == {}
+        seen = _stderr_json(w)
+    finally:
+        w.close()
+    assert seen["cores"] == sorted(os.sched_getaffinity(0))[:1] and not seen["jax"]
+    assert seen["omp"] == os.environ.get("OMP_NUM_THREADS", "1")
+
+
 def _stderr_json(w: Worker) -> dict:
     w._stderr.seek(0)
     text = w._stderr.read().decode()
