@@ -104,18 +104,9 @@ def test_a_plugin_the_worker_cannot_import_ends_it_with_the_reason(tmp_path):
 
 
 def test_workers_see_bench_worker_thread_counts_and_malloc_settings_before_any_framework_loads(tmp_path):
-    probe = tmp_path / "probe.py"
-    probe.write_text("import json, os, sys\n"
-                     "print(json.dumps({k: os.environ.get(k) for k in ('BENCH_WORKER', 'OMP_NUM_THREADS',"
-                     " 'MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'THP_MEM_ALLOC_ENABLE', 'GLIBC_TUNABLES')}),"
-                     " file=sys.stderr)\n"
-                     "print('stdout noise from a plugin')\n")  # must not corrupt the protocol
-    w = Worker("gw42", plugins=[str(probe)], threads=3)
-    try:
-        assert w.request({"cmd": "drop", "key": "x"}, 30) == {}
-        env = _stderr_json(w)
-    finally:
-        w.close()
+    env = _what_a_plugin_sees(tmp_path, "{k: os.environ.get(k) for k in ('BENCH_WORKER', 'OMP_NUM_THREADS',"
+                                        " 'MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'THP_MEM_ALLOC_ENABLE', 'GLIBC_TUNABLES')}",
+                              "gw42", threads=3)
     assert env["BENCH_WORKER"] == "gw42"
     assert env["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS", "3")
     assert env["MALLOC_ARENA_MAX"] == os.environ.get("MALLOC_ARENA_MAX", "1")
@@ -127,18 +118,24 @@ def test_workers_see_bench_worker_thread_counts_and_malloc_settings_before_any_f
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to leave one out")
 def test_a_worker_with_fewer_threads_than_cores_runs_on_that_many_cores_before_any_framework_loads(tmp_path):
-    probe = tmp_path / "probe.py"
-    probe.write_text("import json, os, sys\n"
-                     "print(json.dumps({'cores': sorted(os.sched_getaffinity(0)),"
-                     " 'omp': os.environ.get('OMP_NUM_THREADS'), 'jax': 'jax' in sys.modules}), file=sys.stderr)\n")
-    w = Worker("gw-one", plugins=[str(probe)], threads=1)
-    try:
-        assert w.request({"cmd": "drop", "key": "x"}, 30) == {}
-        seen = _stderr_json(w)
-    finally:
-        w.close()
+    seen = _what_a_plugin_sees(tmp_path, "{'cores': sorted(os.sched_getaffinity(0)), 'jax': 'jax' in sys.modules,"
+                                         " 'omp': os.environ.get('OMP_NUM_THREADS')}", "gw-one", threads=1)
     assert seen["cores"] == sorted(os.sched_getaffinity(0))[:1] and not seen["jax"]
     assert seen["omp"] == os.environ.get("OMP_NUM_THREADS", "1")
+
+
+def _what_a_plugin_sees(tmp_path, expression: str, worker_id: str, threads: int) -> dict:
+    """The JSON of `expression` as a plugin evaluates it on import in a fresh worker (which also prints
+    to stdout: that must not corrupt the protocol)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(f"import json, os, sys\nprint(json.dumps({expression}), file=sys.stderr)\n"
+                     "print('stdout noise from a plugin')\n")
+    w = Worker(worker_id, plugins=[str(probe)], threads=threads)
+    try:
+        assert w.request({"cmd": "drop", "key": "x"}, 30) == {}
+        return _stderr_json(w)
+    finally:
+        w.close()
 
 
 def _stderr_json(w: Worker) -> dict:
