@@ -15,6 +15,12 @@ from variants.build import DTYPE_BYTES, DTYPES, FRAMEWORKS, QUANTIZED_FRAMEWORKS
 MODES = {"jax": ("jit",), "torch": ("eager", "compile", "cudagraphs"), "onnxruntime": ("session",)}
 DEFAULT_MODE = {"jax": "jit", "torch": "eager", "onnxruntime": "session"}
 CUDA_ONLY_MODES = {("torch", "cudagraphs")}
+# Frameworks whose sessions are built one at a time (measure.prepare_workers applies to the others):
+# ONNX Runtime's build runs steps through each phase's session on a thread pool that spins, so two
+# builds at once slow each other (an ONNX Runtime quick run: its batch-1 builds took 13.7 s two at a
+# time and 8.3 s one at a time, the whole run 41 s against 34 s), where JAX's builds are serial
+# Python and XLA work that two at once speed up (8.5 s against 14 s).
+BUILT_ONE_AT_A_TIME = frozenset({"onnxruntime"})
 DEVICES = ("cpu", "gpu", "tpu")
 # How float32 matmuls and convolutions are computed, the same in every framework (bench.adapters apply it):
 # "highest" true float32; "high" TF32 on NVIDIA GPUs, 3 bfloat16 passes on TPU; "default" each device's

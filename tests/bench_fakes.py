@@ -56,6 +56,9 @@ class FakeWorkers:
         self.time_requests = 0
         self.counts: dict[tuple[str | None, str], int] = {}  # (variant, cmd) -> requests so far
         self._lock = threading.Lock()  # prepare requests come from several threads
+        self._building = threading.Condition(self._lock)
+        self.in_build = 0
+        self.most_built_at_once: dict[str, int] = {}  # framework -> the most prepare requests in flight together
 
     def now(self) -> float:
         return self.clock
@@ -105,7 +108,17 @@ class FakeWorker:
         if dies:
             raise WorkerDied(self.dead)
         if cmd == "prepare":
-            return self._prepare(message["args"], key)
+            with lab._building:
+                lab.in_build += 1
+                framework = message["args"]["framework"]
+                lab.most_built_at_once[framework] = max(lab.most_built_at_once.get(framework, 0), lab.in_build)
+                lab._building.notify_all()
+                lab._building.wait_for(lambda: lab.in_build > 1, timeout=0.2)  # a build others may overlap
+            try:
+                return self._prepare(message["args"], key)
+            finally:
+                with lab._building:
+                    lab.in_build -= 1
         if cmd == "warm":
             if key not in self.sessions:
                 return {"error": f"KeyError: {key!r}"}

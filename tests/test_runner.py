@@ -24,7 +24,7 @@ PLAN = runner.RunPlan(variants=("baseline", "practical"), frameworks=("jax", "to
 
 
 def plan(variants=("baseline", "conv_lower", "practical"), frameworks=("jax",), batches=(1,), **kw):
-    modes = {"jax": ("jit",), "torch": ("eager",)}
+    modes = {"jax": ("jit",), "torch": ("eager",), "onnxruntime": ("session",)}
     return runner.RunPlan(variants=tuple(variants), frameworks=frameworks, modes={fw: modes[fw] for fw in frameworks},
                           device="cpu", batches=batches, chunk_frames=6, dtype="float32", **kw)
 
@@ -337,6 +337,14 @@ def test_sessions_are_built_together_then_warmed_one_at_a_time_and_the_first_mea
     assert [peaks is None for _, peaks in lab.warmed_with] == [True] + [False] * 5  # measured once, alone
     assert all(r["peaks_source"].endswith("at the run's start 10.0, fake") for r in summary.records)
     assert all(r["roofline_fraction"] > 0 and r["peak_flops_per_s"] == 1e11 for r in summary.records)
+
+
+def test_onnxruntime_sessions_are_built_one_at_a_time_and_the_others_up_to_prepare_workers(tmp_path):
+    lab = FakeWorkers()
+    settings = dataclasses.replace(SETTINGS, prepare_workers=2)
+    summary, _ = go(tmp_path, lab, plan(frameworks=("jax", "onnxruntime", "torch")), settings=settings)
+    assert all(r["status"] == "ok" for r in summary.records)
+    assert lab.most_built_at_once == {"jax": 2, "onnxruntime": 1, "torch": 2}
 
 
 def test_a_cpu_roofline_uses_the_bandwidth_sampled_in_its_own_groups_rounds(tmp_path, monkeypatch):
