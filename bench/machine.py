@@ -182,6 +182,15 @@ def probe_devices(frameworks: tuple[str, ...] = FRAMEWORKS) -> dict[str, dict[st
     return out
 
 
+def devices_for(device: str, frameworks: tuple[str, ...] = FRAMEWORKS) -> dict[str, dict[str, str]]:
+    """`probe_devices`, asked only where `device` needs it: every installed framework computes on the
+    CPU, which has one name, so a CPU run imports no framework to learn that (the probes cost a quick
+    run ~1.5 s of its 2 cores; a broken install then fails its records in the workers, with the cause)."""
+    if device == "cpu":
+        return {fw: {"cpu": cpu_name()} if importlib.util.find_spec(fw) else {} for fw in frameworks}
+    return probe_devices(tuple(frameworks))
+
+
 def available_devices(frameworks: tuple[str, ...] = FRAMEWORKS) -> dict[str, list[str]]:
     """Device kinds each framework can use here, e.g. {"jax": ["cpu"], "torch": ["cpu", "gpu"]}."""
     return {fw: list(kinds) for fw, kinds in probe_devices(tuple(frameworks)).items()}
@@ -190,7 +199,7 @@ def available_devices(frameworks: tuple[str, ...] = FRAMEWORKS) -> dict[str, lis
 def run_device_name(device: str, frameworks: tuple[str, ...]) -> str | None:
     """One name for `device` across the frameworks of a run, so reports merge their rows: the most
     specific any of them gives (JAX names a TPU's generation; torch_xla only says "TPU")."""
-    names = [kinds[device] for kinds in probe_devices(tuple(frameworks)).values() if device in kinds]
+    names = [kinds[device] for kinds in devices_for(device, frameworks).values() if device in kinds]
     return max(names, key=lambda n: (not n.startswith("torch_xla"), len(n)), default=None)
 
 
@@ -206,7 +215,7 @@ def frameworks_on(device: str, frameworks: tuple[str, ...], named: bool) -> tupl
 
     `named`: the user asked for these frameworks by name (`--framework`), so a missing one is an
     error (DeviceUnavailableError), not a skip. A device no framework has is always an error."""
-    available = available_devices(tuple(frameworks))
+    available = {fw: list(kinds) for fw, kinds in devices_for(device, frameworks).items()}
     usable = tuple(fw for fw in frameworks if device in available.get(fw, []))
     missing = [fw for fw in frameworks if fw not in usable]
     if not usable or (missing and named):

@@ -80,11 +80,25 @@ def test_devices_are_probed_in_child_processes_so_the_parent_opens_none():
     assert out[1] == "False False"
 
 
+def test_a_cpu_run_probes_no_framework_and_skips_one_not_installed(monkeypatch):
+    def probe(frameworks=FRAMEWORKS):
+        raise AssertionError("a CPU run started a device probe")
+
+    monkeypatch.setattr(machine, "probe_devices", probe)
+    real_find_spec = machine.importlib.util.find_spec
+    monkeypatch.setattr(machine.importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
+    usable, skipped = machine.frameworks_on("cpu", ("jax", "torch"), named=False)
+    assert usable == ("jax",) and len(skipped) == 1 and skipped[0].startswith("skipping torch on cpu: torch sees no device")
+    with pytest.raises(DeviceUnavailableError, match="not available to torch"):
+        machine.frameworks_on("cpu", ("jax", "torch"), named=True)
+    assert machine.run_device_name("cpu", ("jax",)) == machine.cpu_name()
+
+
 def test_a_run_names_its_device_once_whichever_framework_is_more_specific(monkeypatch):
     monkeypatch.setattr(machine, "probe_devices", lambda frameworks=FRAMEWORKS: {
         "jax": {"cpu": "EPYC", "tpu": "TPU v5e"}, "torch": {"cpu": "EPYC", "tpu": "torch_xla TPU"}})
     assert machine.run_device_name("tpu", ("jax", "torch")) == "TPU v5e"
-    assert machine.run_device_name("cpu", ("jax", "torch")) == "EPYC"
+    assert machine.run_device_name("cpu", ("jax", "torch")) == machine.cpu_name()  # the CPU has one name
     assert machine.run_device_name("gpu", ("jax", "torch")) is None
 
 

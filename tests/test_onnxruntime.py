@@ -20,6 +20,7 @@ from variants import analytic, onnx_encoder, torch_model
 from variants.build import ONNX_CACHE_LIMIT_ENV, ONNX_CACHE_LIMIT_GB, onnx_cache_limit_bytes
 from variants.onnx_encoder import phase
 from variants.state import array_leaves
+from variants.torch_encoder import TorchEncoder
 
 TINY = tiny_variants()
 TOL = 1e-4
@@ -169,6 +170,24 @@ def test_initial_weights_are_named_by_their_seed_and_loaded_ones_by_their_values
     assert same_seed._file_key(key, "float32") != first._file_key(key, "float32")
     np.testing.assert_allclose(same_seed.step(x, same_seed.init_state(2))[0],
                                built["practical"][1].step(x, built["practical"][1].init_state(2))[0], atol=TOL, rtol=0)
+
+
+def test_initial_weights_are_drawn_only_when_a_graph_is_exported_or_they_are_read(monkeypatch):
+    spec = TINY["practical"]
+    x = _frames(spec)[:, :6]
+    exporter = variants.build(spec, "onnxruntime", seed=12)
+    exporter.step(x, exporter.init_state(2))  # exported now, or loaded from the cache
+    reference = variants.build(spec, "torch", seed=12)
+    drawn = []
+    original = TorchEncoder._load_initial_weights
+    monkeypatch.setattr(TorchEncoder, "_load_initial_weights", lambda self, seed: (drawn.append(seed), original(self, seed)))
+    cached = variants.build(spec, "onnxruntime", seed=12)
+    y, _ = cached.step(x, cached.init_state(2))
+    assert [g.exported for g in cached._graphs.values()] == [False] and drawn == []  # nothing drawn for a cached graph
+    np.testing.assert_allclose(y, reference.step(x, reference.init_state(2))[0], atol=TOL, rtol=0)
+    weights = cached.weights()  # read: drawn now, the same values
+    assert drawn == [12] and weights.keys() == reference.weights().keys()
+    assert all(np.array_equal(weights[k], v) for k, v in reference.weights().items())
 
 
 def test_a_graphs_weight_bytes_are_read_once_and_kept_beside_it(built, monkeypatch):

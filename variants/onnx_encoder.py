@@ -123,8 +123,10 @@ class OnnxEncoder(NumpyEncoder):
         self.device = device if device is not None else OrtDevice()
         self.threads = threads or usable_cores()
         # The weights live in a float32 PyTorch model on the CPU: what is exported, and what
-        # `weights`/`load_weights` read and write.
-        self.torch = TorchEncoder(spec, seed=seed, dtype="float32")
+        # `weights`/`load_weights` read and write. The initial ones are drawn when first read: with
+        # every graph in the export cache they never are (~0.7 s a full-size session saved).
+        self.torch = TorchEncoder(spec, seed=seed, dtype="float32", draw_weights=False)
+        self._undrawn_seed: int | None = seed
         self._graphs: dict[tuple, Graph] = {}
         # what names the weights in the cache key: the seed while they are the initial ones (hashing a
         # full-size model's ~0.5 GB cost ~0.7 s a session); a hash of the values once others are loaded
@@ -157,9 +159,17 @@ class OnnxEncoder(NumpyEncoder):
         return self.torch.weight_shapes()
 
     def weights(self) -> dict[str, np.ndarray]:
-        return self.torch.weights()
+        return self._weighted().weights()
+
+    def _weighted(self) -> TorchEncoder:
+        """The PyTorch model with its weights (the initial ones drawn now if not yet)."""
+        if self._undrawn_seed is not None:
+            self.torch._load_initial_weights(self._undrawn_seed)
+            self._undrawn_seed = None
+        return self.torch
 
     def _assign_weights(self, weights: dict[str, np.ndarray]) -> None:
+        self._undrawn_seed = None
         self.torch._assign_weights(weights)
         self._graphs.clear()  # the weights are constants of every graph: export again (or load the cached one)
         self._digest = None
@@ -173,7 +183,7 @@ class OnnxEncoder(NumpyEncoder):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         graph = self._graph(("forward", tuple(x.shape)), lambda: (
-            Flat(self.torch.module, "forward"), (torch.from_numpy(np.ascontiguousarray(x, np.float32)),)))
+            Flat(self._weighted().module, "forward"), (torch.from_numpy(np.ascontiguousarray(x, np.float32)),)))
         return self.to_numpy(self._run(graph, [self.to_native(x)])[0])
 
     def second_pass_native(self, y: Any) -> Any:
@@ -181,7 +191,7 @@ class OnnxEncoder(NumpyEncoder):
             raise ValueError("this variant has no second pass (spec.second_pass is None)")
         shape = tuple(y.shape())
         graph = self._graph(("second_pass", shape),
-                            lambda: (Flat(self.torch.module, "second_pass"), (torch.zeros(shape),)))
+                            lambda: (Flat(self._weighted().module, "second_pass"), (torch.zeros(shape),)))
         return self._run(graph, [y])[0]
 
     def init_state(self, batch: int) -> Any:
@@ -212,7 +222,7 @@ class OnnxEncoder(NumpyEncoder):
             return self._graphs[key]
         # The next state's tree (its counts) does not depend on the batch or the values: one stream of
         # zeros finds it, where a copy of the whole state and a full-batch PyTorch step cost seconds
-        # at batch 64 (every state array leads with the batch)
+        # at batch 64 (every state array leads with the batch); the weights need not be drawn for it
         one_stream = map_arrays(lambda v: torch.zeros((1, *v.shape()[1:]), dtype=_TORCH_DTYPES[v.data_type()]), state)
         with torch.inference_mode():
             _, next_state = self.torch.module.step(torch.zeros((1, *x_shape[1:])), one_stream)
@@ -220,7 +230,7 @@ class OnnxEncoder(NumpyEncoder):
 
         def export_args() -> tuple[Flat, tuple]:
             torch_state = map_arrays(lambda v: torch.from_numpy(v.numpy()), state)
-            return Flat(self.torch.module, "step", torch_state), (torch.zeros(x_shape), *array_leaves(torch_state))
+            return Flat(self._weighted().module, "step", torch_state), (torch.zeros(x_shape), *array_leaves(torch_state))
 
         return self._graph(key, export_args, template)
 
@@ -262,7 +272,7 @@ class OnnxEncoder(NumpyEncoder):
     def _file_key(self, key: tuple, dtype: str) -> str:
         if self._digest is None:
             h = hashlib.blake2b(digest_size=16)
-            for name, array in sorted(self.torch.weights().items()):
+            for name, array in sorted(self.weights().items()):
                 h.update(name.encode())
                 h.update(np.ascontiguousarray(array).tobytes())
             self._digest = h.hexdigest()

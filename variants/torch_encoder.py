@@ -20,11 +20,15 @@ from variants.torch_model import Encoder
 class TorchEncoder(NumpyEncoder):
     framework = "torch"
 
-    def __init__(self, spec: EncoderSpec, seed: int = 0, dtype: str = "float32", device: Any = None):
+    def __init__(self, spec: EncoderSpec, seed: int = 0, dtype: str = "float32", device: Any = None,
+                 draw_weights: bool = True):
+        """draw_weights=False leaves the parameters unset (torch.empty) until `_load_initial_weights`
+        or `load_weights`: for an owner that may never need their values (an ONNX export cached)."""
         self.spec, self.dtype = spec, dtype
         self.device = device if device is not None else torch.device("cpu")
         self.module = Encoder(spec).to(device=self.device, dtype=getattr(torch, dtype)).eval()
-        self._load_initial_weights(seed)
+        if draw_weights:
+            self._load_initial_weights(seed)
 
     # ---- NumpyEncoder -------------------------------------------------------------------------
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
