@@ -202,14 +202,20 @@ def fvcore_count(module: Any, inputs: tuple) -> FlopCount:
 ONNX_MATMUL_OPS = ("MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "Gemm", "Conv", "Einsum")
 
 
-def onnx_count(path: Any) -> FlopCount:
+def onnx_count(path: Any, batch: int | None = None) -> FlopCount:
     """FLOPs of an ONNX model's MatMul/Gemm/Conv/Einsum nodes (2 x MACs), from the static shapes ONNX's
-    shape inference gives every value (the harness exports each step with fixed shapes)."""
+    shape inference gives every value. `batch`: the size of the graph's one free dimension (the step
+    graphs leave the batch free), set on its inputs and outputs before inference."""
     try:
         import onnx
         from onnx import shape_inference
 
-        model = shape_inference.infer_shapes(onnx.load(str(path)))
+        model = onnx.load(str(path))
+        for value in (*model.graph.input, *model.graph.output):
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.HasField("dim_param") and batch is not None:
+                    dim.dim_value = batch
+        model = shape_inference.infer_shapes(model)
         shapes: dict[str, list[int]] = {}
         for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
             dims = value.type.tensor_type.shape.dim

@@ -76,7 +76,7 @@ def test_onnxruntime_streams_through_every_time_reduction_phase(built, name):
     streamed = stream(ort_enc, x, [2] * 20)
     expected = torch_enc.forward(x)
     np.testing.assert_allclose(streamed, expected[:, : streamed.shape[1]], atol=TOL, rtol=0)
-    phases = {key[2] for key in ort_enc._graphs if key[0] == "step" and key[1][1] == 2}
+    phases = {key[2] for key in ort_enc._graphs if key[0] == "step" and key[1][0] == 2}
     assert len(phases) >= 3  # the 3x input stacking alone cycles through 3 buffer counts
 
 
@@ -250,10 +250,26 @@ def test_onnx_graph_flops_equal_the_analytic_count(built, dtype):
     enc = variants.build(spec, "onnxruntime", dtype=dtype)
     enc.load_weights(torch_enc.weights())
     state = enc.init_state(2)
-    count = counters.onnx_count(enc.step_graph((2, 6, spec.input_dim), state).path)
+    count = counters.onnx_count(enc.step_graph((2, 6, spec.input_dim), state).path, batch=2)
     matrix_products = sum(analytic.macs_per_step(spec, 2, 6).values()) - analytic.depthwise_macs_per_step(spec, 2, 6)
     assert count.flops == 2 * matrix_products
     assert count.reason is None and count.by_op
+
+
+def test_one_step_graph_with_a_free_batch_serves_every_batch(built):
+    spec = TINY["practical"]
+    torch_enc, ort_enc = built["practical"]
+    graphs = set()
+    for batch in (1, 3):
+        x = _frames(spec, batch=batch)[:, :6]
+        state = ort_enc.init_state(batch)
+        graphs.add(id(ort_enc.step_graph(x.shape, state)))
+        np.testing.assert_allclose(ort_enc.step(x, state)[0], torch_enc.step(x, torch_enc.init_state(batch))[0],
+                                   atol=TOL, rtol=0)
+        count = counters.onnx_count(ort_enc.step_graph(x.shape, state).path, batch=batch)
+        matrix_products = sum(analytic.macs_per_step(spec, batch, 6).values()) - analytic.depthwise_macs_per_step(spec, batch, 6)
+        assert count.flops == 2 * matrix_products
+    assert len(graphs) == 1  # one session for both batches, loaded once
 
 
 def test_onnx_count_says_why_it_cannot_count(tmp_path):

@@ -93,9 +93,14 @@ def _quiet_export():
             lg.setLevel(level)
 
 
-def export(module: Flat, example: tuple, path: Path) -> None:
+def export(module: Flat, example: tuple, path: Path, dynamic_batch: bool = False) -> None:
     """Export `module` on the example inputs to `path`: inputs `x` and `state.<path>`, outputs `y` and
-    `next.<path>` (variants.state's paths)."""
+    `next.<path>` (variants.state's paths). `dynamic_batch`: every input's first dimension is the
+    batch, left free in the graph (the example's must be 2 or more: torch.export fixes a size-1 one)."""
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1)
+        dynamic_shapes = ({0: batch}, tuple({0: batch} for _ in example[1:]))  # Flat's (x, *state)
     names = ["x"]
     outputs = ["y"]
     if module.template is not None:
@@ -105,7 +110,7 @@ def export(module: Flat, example: tuple, path: Path) -> None:
     with (_quiet_export(), _cudnn_flags_torch_export_can_read(), _steps_as_module_calls(module.module),
           torch.inference_mode()):
         program = torch.onnx.export(module.eval(), example, dynamo=True, opset_version=OPSET, input_names=names,
-                                    output_names=outputs, verbose=False)
+                                    output_names=outputs, dynamic_shapes=dynamic_shapes, verbose=False)
     program.save(str(path))
 
 

@@ -64,6 +64,8 @@ class TimeReduction(nn.Module):
     def forward(self, x):  # a trailing partial group of frames is dropped (streaming buffers it)
         b, t, _ = x.shape
         n = t // self.factor
+        if n == 0:  # no whole group: ONNX's Reshape cannot make [batch, 0, ...] with the batch left free
+            return self.proj(x[:, :0].repeat(1, 1, self.factor))
         return self.proj(x[:, : n * self.factor].reshape(b, n, self.factor * self.in_dim))
 
     def init_state(self, batch):

@@ -87,7 +87,7 @@ class OrtSession:
     state_nbytes = staticmethod(state_nbytes)
 
     def count_flops(self) -> dict[str, counters.FlopCount]:
-        return {"onnx": counters.onnx_count(self.main_graph.path)}
+        return {"onnx": counters.onnx_count(self.main_graph.path, batch=self.batch)}
 
     def peaks(self) -> roofline.Peaks:
         if self.native_device.kind == "cpu":
@@ -183,7 +183,9 @@ class BoundStep:
         if (key, dst) not in self._written:
             next_state = with_arrays(graph.template, self.buffers[dst])
             # y is the encoder's float32 output; kept alive in _written, so the tree's id stays unique
-            self._written[(key, dst)] = (self._empty(outputs[0].shape, np.float32), next_state)
+            # (the graph leaves the batch free: its first dimension is x's)
+            y_shape = [self.x.shape()[0], *outputs[0].shape[1:]]
+            self._written[(key, dst)] = (self._empty(y_shape, np.float32), next_state)
             self._known[id(next_state)] = (phase(next_state), dst)
         y, next_state = self._written[(key, dst)]
         binding = session.io_binding()
