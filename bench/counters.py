@@ -211,9 +211,9 @@ def onnx_count(path: Any, batch: int | None = None) -> FlopCount:
         from onnx import shape_inference
 
         model = onnx.load(str(path))
-        for value in (*model.graph.input, *model.graph.output):
+        for value in (*model.graph.input, *model.graph.output) if batch is not None else ():
             for dim in value.type.tensor_type.shape.dim:
-                if dim.HasField("dim_param") and batch is not None:
+                if dim.HasField("dim_param"):
                     dim.dim_value = batch
         model = shape_inference.infer_shapes(model)
         shapes: dict[str, list[int]] = {}

@@ -218,22 +218,26 @@ class OnnxEncoder(NumpyEncoder):
     def step_graph(self, x_shape: tuple, state: Any) -> Graph:
         """The step's graph for this chunk shape and the state's phase (exported on first use), one
         for every batch: its batch dimension is free (a batch-64 step took 40.66 ms against 40.65 in a
-        graph of fixed batch, a batch-1 step 7.69 against 7.83; `practical`, 60 steps each), so a
+        graph of fixed batch, a batch-1 step 7.69 against 7.83; `practical`, 60 and 300 steps), so a
         worker measuring several batches loads it once and a fresh clone exports half as many."""
         key = ("step", tuple(x_shape[1:]), phase(state))
         if key in self._graphs:
             return self._graphs[key]
+        def zeros(streams: int) -> tuple[Any, torch.Tensor]:  # a chunk and a state of this many streams of zeros
+            return (map_arrays(lambda v: torch.zeros((streams, *v.shape()[1:]), dtype=_TORCH_DTYPES[v.data_type()]), state),
+                    torch.zeros((streams, *x_shape[1:])))
+
         # The next state's tree (its counts) does not depend on the batch or the values: one stream of
         # zeros finds it, where a copy of the whole state and a full-batch PyTorch step cost seconds
         # at batch 64 (every state array leads with the batch); the weights need not be drawn for it
-        one_stream = map_arrays(lambda v: torch.zeros((1, *v.shape()[1:]), dtype=_TORCH_DTYPES[v.data_type()]), state)
+        one_stream, x_one = zeros(1)
         with torch.inference_mode():
-            _, next_state = self.torch.module.step(torch.zeros((1, *x_shape[1:])), one_stream)
+            _, next_state = self.torch.module.step(x_one, one_stream)
         template = map_arrays(lambda _: _ARRAY, next_state)
 
-        def export_args() -> tuple[Flat, tuple]:  # two streams of zeros: the values do not shape the graph
-            two = map_arrays(lambda v: torch.zeros((2, *v.shape()[1:]), dtype=_TORCH_DTYPES[v.data_type()]), state)
-            return Flat(self._weighted().module, "step", two), (torch.zeros((2, *x_shape[1:])), *array_leaves(two))
+        def export_args() -> tuple[Flat, tuple]:  # two streams: torch.export fixes a batch of one
+            two, x_two = zeros(2)
+            return Flat(self._weighted().module, "step", two), (x_two, *array_leaves(two))
 
         return self._graph(key, export_args, template, dynamic_batch=True)
 
