@@ -27,7 +27,7 @@ DeviceFlag = Annotated[Optional[str], typer.Option("--device", "-d", help="cpu, 
 FrameworkFlag = Annotated[Optional[str], typer.Option("--framework", "-f", help="jax, torch, onnxruntime, a list (jax,onnxruntime) or all. [default: bench.toml run.frameworks]")]
 BatchFlag = Annotated[Optional[str], typer.Option("--batch", "-b", help="Comma-separated batch sizes, e.g. 1,64. [default: bench.toml run.batches]")]
 ChunkFlag = Annotated[Optional[int], typer.Option("--chunk", "-c", help="Input frames (10 ms) per streaming step. [default: bench.toml run.chunk_frames]")]
-TorchModeFlag = Annotated[Optional[str], typer.Option("--torch-mode", help="eager, compile, cudagraphs (CUDA graph replay; --device gpu) or a list: eager,compile. [default: bench.toml run.torch_modes]")]
+TorchModeFlag = Annotated[Optional[str], typer.Option("--torch-mode", help="eager, compile, cudagraphs (CUDA graph replay; --device gpu), onednn (oneDNN dense layers; CPU) or a list: eager,compile. [default: bench.toml run.torch_modes]")]
 SetFlag = Annotated[Optional[list[str]], typer.Option("--set", help="Set a spec field for every variant, e.g. --set left_context=32,64 (repeatable; comma lists make a grid of cells, each variant measured in each). [default: bench.toml [run.set]]")]
 PrecisionFlag = Annotated[Optional[str], typer.Option("--precision", help="float32 matmul precision in every framework: highest, high or default (see README). [default: bench.toml run.precision]")]
 DtypeFlag = Annotated[Optional[str], typer.Option("--dtype", help="float32, bfloat16 (what accelerators serve in) or int8 (ONNX Runtime's dynamic quantisation of the MatMul weights). [default: bench.toml run.dtype]")]
@@ -254,8 +254,8 @@ def _check_memory(plan) -> None:
 def _settings_here(run, frameworks: tuple[str, ...], named: bool):
     """The run without what cannot run in its settings, and a line for each thing left out: a quantised
     dtype runs in ONNX Runtime only (a framework the user named that cannot is an error), and a CUDA-only
-    mode (torch "cudagraphs") needs --device gpu."""
-    from bench.schema import CUDA_ONLY_MODES, QUANTIZED_FRAMEWORKS
+    mode (torch "cudagraphs" needs --device gpu, "onednn" --device cpu) is skipped elsewhere."""
+    from bench.schema import ONE_DEVICE_MODES, QUANTIZED_FRAMEWORKS
     from variants.build import QUANTIZED_DTYPES
 
     lines = []
@@ -267,10 +267,11 @@ def _settings_here(run, frameworks: tuple[str, ...], named: bool):
         lines += [f"skipping {fw}: --dtype {run.dtype} runs in {', '.join(QUANTIZED_FRAMEWORKS)} only" for fw in cannot]
         frameworks = tuple(fw for fw in frameworks if fw not in cannot)
     torch_modes = run.torch_modes
-    if run.device != "gpu" and "torch" in frameworks:
-        torch_modes = tuple(m for m in run.torch_modes if ("torch", m) not in CUDA_ONLY_MODES)
-        lines += [f"skipping torch/{m} on {run.device}: it replays CUDA graphs, which need --device gpu"
-                  for m in run.torch_modes if m not in torch_modes]
+    if "torch" in frameworks:
+        elsewhere = {m: ONE_DEVICE_MODES[("torch", m)][1] for m in run.torch_modes
+                     if ONE_DEVICE_MODES.get(("torch", m), (run.device,))[0] != run.device}
+        torch_modes = tuple(m for m in run.torch_modes if m not in elsewhere)
+        lines += [f"skipping torch/{m} on {run.device}: {why}" for m, why in elsewhere.items()]
         if not torch_modes:
             frameworks = tuple(fw for fw in frameworks if fw != "torch")
             torch_modes = run.torch_modes

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.schema import CUDA_ONLY_MODES, DEVICES, DTYPES, FRAMEWORKS, MODES, PRECISIONS
+from bench.schema import DEVICES, DTYPES, FRAMEWORKS, MODES, ONE_DEVICE_MODES, PRECISIONS
 
 DEFAULT_CONFIG_PATH = Path("bench.toml")  # the user's, in the folder `bench` runs from
 # The repository's bench.toml holds every default and preset; a user's file only overrides keys of it.
@@ -587,9 +587,10 @@ def apply_flags(config: Config, *, variant: str | None = None, framework: str | 
         torch_modes = tuple(m.strip() for m in torch_mode.split(",") if m.strip())
         if not torch_modes or any(m not in MODES["torch"] for m in torch_modes):
             raise FlagError(f"--torch-mode {torch_mode!r}: choose from {', '.join(MODES['torch'])}")
-        cuda_only = [m for m in torch_modes if ("torch", m) in CUDA_ONLY_MODES]
-        if cuda_only and (device or run.device) != "gpu":
-            raise FlagError(f"--torch-mode {cuda_only[0]} replays CUDA graphs: it needs --device gpu")
+        for m in torch_modes:
+            need, why = ONE_DEVICE_MODES.get(("torch", m), (None, ""))
+            if need is not None and (device or run.device) != need:
+                raise FlagError(f"--torch-mode {m}: {why}")
     if dtype is not None and dtype not in DTYPES:
         raise FlagError(f"--dtype {dtype!r}: choose from {', '.join(DTYPES)}")
     if precision is not None and precision not in PRECISIONS:

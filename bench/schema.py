@@ -11,10 +11,13 @@ from variants.build import DTYPE_BYTES, DTYPES, FRAMEWORKS, QUANTIZED_FRAMEWORKS
 # (what the models can be built in is the models' fact)
 
 # How a framework runs the step. torch "cudagraphs" replays a CUDA graph of the step over static state
-# buffers (CUDA only); onnxruntime "session" is an InferenceSession with IO binding.
-MODES = {"jax": ("jit",), "torch": ("eager", "compile", "cudagraphs"), "onnxruntime": ("session",)}
+# buffers (CUDA only); torch "onednn" is the eager step with its dense layers run by oneDNN (CPU only);
+# onnxruntime "session" is an InferenceSession with IO binding.
+MODES = {"jax": ("jit",), "torch": ("eager", "compile", "cudagraphs", "onednn"), "onnxruntime": ("session",)}
 DEFAULT_MODE = {"jax": "jit", "torch": "eager", "onnxruntime": "session"}
-CUDA_ONLY_MODES = {("torch", "cudagraphs")}
+# Modes that run on one device only: (framework, mode) -> (that device, why, as a run's skip line ends)
+ONE_DEVICE_MODES = {("torch", "cudagraphs"): ("gpu", "it replays CUDA graphs, which need --device gpu"),
+                    ("torch", "onednn"): ("cpu", "it runs oneDNN's CPU kernels, which need --device cpu")}
 # Frameworks whose sessions are built one at a time (measure.prepare_workers applies to the others):
 # ONNX Runtime's build runs steps through each phase's session on a thread pool that spins, so two
 # builds at once slow each other (an ONNX Runtime quick run: its batch-1 builds took 13.7 s two at a

@@ -535,6 +535,22 @@ def test_cudagraphs_from_the_config_is_skipped_off_the_gpu_with_one_line(monkeyp
     assert {(c["framework"], c["mode"]) for c in fake.calls} == {("torch", "eager")}
 
 
+def test_onednn_named_off_the_cpu_exits_2_and_runs_from_the_config_on_the_cpu(monkeypatch, tmp_path):
+    fake = FakeWorkers()
+    install(monkeypatch, fake)
+    line = assert_one_line_error(invoke("run", "--torch-mode", "onednn", "--device", "gpu",
+                                        "--out", str(tmp_path / "r")))
+    assert "onednn" in line and "--device cpu" in line
+    assert not fake.calls
+    config = tmp_path / "bench.toml"
+    config.write_text('[run]\nvariants = "baseline"\nframeworks = ["torch"]\ntorch_modes = ["eager", "onednn"]\n'
+                      'batches = [1]\n')
+    result = invoke("run", "--config", str(config), "--quick", "--no-progress", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert "skipping" not in result.stderr
+    assert {(c["framework"], c["mode"]) for c in fake.calls} == {("torch", "eager"), ("torch", "onednn")}
+
+
 def test_a_reader_that_stops_early_ends_the_listing_quietly():
     """`bench list | head -1`: stdout is closed before bench writes; no error line, no traceback."""
     import subprocess

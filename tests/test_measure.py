@@ -321,6 +321,31 @@ def test_cudagraphs_mode_needs_a_cuda_device():
                               native_device=torch.device("cpu"), mode="cudagraphs", seed=0, precision="highest")
 
 
+@pytest.mark.parametrize("name", variants.names())
+def test_onednn_mode_steps_as_eager_does_on_the_same_weights(name):
+    """torch "onednn" runs a copy of the model with oneDNN dense layers: every step (through each
+    phase of the time reductions) equals the eager step within 1e-4, the encoder keeps its own
+    layers, and the session says what it changed."""
+    import torch
+
+    from bench.adapters import torch_adapter
+    from variants.torch_model import Dense
+
+    spec = tiny(variants.get(name).spec)
+    kwargs = dict(batch=2, chunk_frames=6, dtype="float32", native_device=torch.device("cpu"), seed=3,
+                  precision="highest")
+    eager = torch_adapter.prepare(spec, mode="eager", **kwargs)
+    onednn = torch_adapter.prepare(spec, mode="onednn", **kwargs)
+    a, b = eager.initial_state(), onednn.initial_state()
+    for _ in range(4):
+        ya, a = eager.step(a)
+        yb, b = onednn.step(b)
+        np.testing.assert_allclose(yb.numpy(), ya.numpy(), atol=1e-4, rtol=1e-4)
+    assert "oneDNN" in onednn.runtime_options
+    assert any(isinstance(m, Dense) for m in onednn.encoder.module.modules())
+    assert not any(isinstance(m, Dense) for m in onednn._profiled.modules())
+
+
 def test_int8_record_says_what_was_quantised_and_counts_its_bytes():
     spec = _tiny("practical")
     fp32 = measure(spec, "onnxruntime", "cpu", 1, 6, settings=SETTINGS)

@@ -5,11 +5,16 @@ torch.compile and times its first calls as `compile_s` (Dynamo traces and Induct
 first call; a second call may recompile once the state's guards change), so no timed step compiles.
 "cudagraphs" (CUDA only) captures the eager step as CUDA graphs over static buffers and replays them:
 a step is one graph launch, without Python or per-kernel launch overhead (`CudaGraphStep`).
+"onednn" (CPU only) is the eager step of a copy of the model whose dense layers are oneDNN inner
+products (`torch.utils.mkldnn.MkldnnLinear`, `onednn_dense`). PyTorch runs a float32 matmul through
+MKL, whose kernels on a non-Intel CPU can be far slower than the CPU allows: on the reference VM's AMD
+core (AVX-512) a 2048^2 matmul ran at 205-227 GFLOP/s through MKL and 395 through oneDNN.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 import warnings
 from typing import Any, Callable
@@ -22,6 +27,36 @@ from bench.machine import device_name
 from variants.state import MAX_PHASES, array_leaves, map_arrays, phase, state_nbytes, with_arrays
 
 COMPILE_CALLS = 2  # calls timed as compile_s in "compile" mode
+
+
+def onednn_dense(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of `module` whose dense layers (variants.torch_model.Dense) are oneDNN inner products,
+    with the same weights. MkldnnLinear takes and returns ordinary tensors (it converts at each call)."""
+    from variants.torch_model import Dense
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the module's ScriptModules use torch.jit
+        from torch.utils.mkldnn import MkldnnLinear
+
+    class OneDnnDense(torch.nn.Module):
+        def __init__(self, dense: Dense):
+            super().__init__()
+            in_dim, out_dim = dense.kernel.shape
+            linear = torch.nn.Linear(in_dim, out_dim, device="meta")  # nn.Linear's weight is [out, in]
+            linear.weight = torch.nn.Parameter(dense.kernel.detach().t().contiguous())
+            linear.bias = torch.nn.Parameter(dense.bias.detach().clone())
+            self.linear = MkldnnLinear(linear, dtype)
+
+        def forward(self, x):
+            return self.linear(x)
+
+    dense = {name for name, sub in module.named_modules() if isinstance(sub, Dense)}
+    copied = copy.deepcopy(module)
+    for name in dense:
+        parent, _, child = name.rpartition(".")
+        owner = copied.get_submodule(parent)
+        setattr(owner, child, OneDnnDense(getattr(owner, child)))
+    return copied
 
 
 def _inference(step: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
@@ -215,9 +250,17 @@ class TorchSession:
         self.x = enc.to_native(random_frames(batch, chunk_frames, spec.input_dim))
         self.compile_s = None
         self.device_timer = CudaEventTimer() if native_device.type == "cuda" else None
-        self._eager = _inference(enc.module.step)
+        self._eager = _inference(enc.module.step)  # what the counters read: the model's own ops
+        self._profiled = enc.module  # the eager module a profile times
         if mode == "eager":
             self._run = self._eager
+        elif mode == "onednn":
+            if native_device.type != "cpu":
+                raise ValueError(f"torch mode 'onednn' runs oneDNN's CPU kernels: it needs the CPU, not "
+                                 f"{native_device.type} (--device cpu)")
+            self._profiled = onednn_dense(enc.module, getattr(torch, dtype))
+            self._run = _inference(self._profiled.step)
+            self.runtime_options = "dense layers as oneDNN inner products (torch.utils.mkldnn.MkldnnLinear)"
         elif mode == "cudagraphs":
             if native_device.type != "cuda":
                 raise ValueError(f"torch mode 'cudagraphs' replays CUDA graphs: it needs a CUDA device, not "
@@ -307,7 +350,7 @@ class TorchSession:
         the state after them. (A compiled step hides its ops, so the eager one is profiled.)"""
         from torch.profiler import ProfilerActivity, profile as torch_profile
 
-        with _module_ranges(self.encoder.module), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        with _module_ranges(self._profiled), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             wall_s, state = self._eager_steps(state, steps)
         ops = []
         for event in prof.events():
@@ -326,15 +369,16 @@ class TorchSession:
         if self.native_device.type != "cpu":
             return None
         clock = ModuleClock()
-        with _wrapped_modules(self.encoder.module, clock.around):
+        with _wrapped_modules(self._profiled, clock.around):
             wall_s, state = self._eager_steps(state, steps)
         return clock.segments, wall_s, state
 
     def _eager_steps(self, state, steps: int) -> tuple[float, Any]:
         """`steps` synchronised eager steps: their wall time and the state after them."""
         t0 = time.perf_counter()
+        step = self._run if self.mode == "onednn" else self._eager
         for _ in range(steps):
-            y, state = self._eager(self.x, state)
+            y, state = step(self.x, state)
             self.sync((y, state))
         return time.perf_counter() - t0, state
 
