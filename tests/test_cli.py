@@ -514,41 +514,32 @@ def test_int8_from_the_default_frameworks_runs_onnxruntime_and_says_what_it_skip
     assert {(c["framework"], c["dtype"]) for c in fake.calls} == {("onnxruntime", "int8")}
 
 
-def test_cudagraphs_named_off_the_gpu_exits_2(monkeypatch, tmp_path):
+@pytest.mark.parametrize("mode, elsewhere, needed", [("cudagraphs", [], "--device gpu"),
+                                                     ("onednn", ["--device", "gpu"], "--device cpu")])
+def test_a_torch_mode_named_off_its_device_exits_2(monkeypatch, tmp_path, mode, elsewhere, needed):
     fake = FakeWorkers()
     install(monkeypatch, fake)
-    line = assert_one_line_error(invoke("run", "--torch-mode", "cudagraphs", "--out", str(tmp_path / "r")))
-    assert "cudagraphs" in line and "--device gpu" in line
+    line = assert_one_line_error(invoke("run", "--torch-mode", mode, *elsewhere, "--out", str(tmp_path / "r")))
+    assert mode in line and needed in line
     assert not fake.calls
 
 
-def test_cudagraphs_from_the_config_is_skipped_off_the_gpu_with_one_line(monkeypatch, tmp_path):
+@pytest.mark.parametrize("mode, skips, measured", [
+    ("cudagraphs", ["bench: skipping torch/cudagraphs on cpu: it replays CUDA graphs, which need --device gpu"],
+     {"eager"}),
+    ("onednn", [], {"eager", "onednn"}),
+])
+def test_a_torch_mode_from_the_config_is_skipped_off_its_device_with_one_line(monkeypatch, tmp_path, mode, skips,
+                                                                               measured):
     fake = FakeWorkers()
     install(monkeypatch, fake)
     config = tmp_path / "bench.toml"
-    config.write_text('[run]\nvariants = "baseline"\nframeworks = ["torch"]\ntorch_modes = ["eager", "cudagraphs"]\n'
+    config.write_text(f'[run]\nvariants = "baseline"\nframeworks = ["torch"]\ntorch_modes = ["eager", "{mode}"]\n'
                       'batches = [1]\n')
     result = invoke("run", "--config", str(config), "--quick", "--no-progress", "--out", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output
-    skips = [line for line in result.stderr.splitlines() if "skipping" in line]
-    assert skips == ["bench: skipping torch/cudagraphs on cpu: it replays CUDA graphs, which need --device gpu"]
-    assert {(c["framework"], c["mode"]) for c in fake.calls} == {("torch", "eager")}
-
-
-def test_onednn_named_off_the_cpu_exits_2_and_runs_from_the_config_on_the_cpu(monkeypatch, tmp_path):
-    fake = FakeWorkers()
-    install(monkeypatch, fake)
-    line = assert_one_line_error(invoke("run", "--torch-mode", "onednn", "--device", "gpu",
-                                        "--out", str(tmp_path / "r")))
-    assert "onednn" in line and "--device cpu" in line
-    assert not fake.calls
-    config = tmp_path / "bench.toml"
-    config.write_text('[run]\nvariants = "baseline"\nframeworks = ["torch"]\ntorch_modes = ["eager", "onednn"]\n'
-                      'batches = [1]\n')
-    result = invoke("run", "--config", str(config), "--quick", "--no-progress", "--out", str(tmp_path / "run"))
-    assert result.exit_code == 0, result.output
-    assert "skipping" not in result.stderr
-    assert {(c["framework"], c["mode"]) for c in fake.calls} == {("torch", "eager"), ("torch", "onednn")}
+    assert [line for line in result.stderr.splitlines() if "skipping" in line] == skips
+    assert {(c["framework"], c["mode"]) for c in fake.calls} == {("torch", m) for m in measured}
 
 
 def test_a_reader_that_stops_early_ends_the_listing_quietly():
