@@ -253,8 +253,9 @@ def _check_memory(plan) -> None:
 
 def _settings_here(run, frameworks: tuple[str, ...], named: bool):
     """The run without what cannot run in its settings, and a line for each thing left out: a quantised
-    dtype runs in ONNX Runtime only (a framework the user named that cannot is an error), and a CUDA-only
-    mode (torch "cudagraphs" needs --device gpu, "onednn" --device cpu) is skipped elsewhere."""
+    dtype runs in ONNX Runtime only (a framework the user named that cannot is an error), and a mode that
+    runs on one device only (schema.ONE_DEVICE_MODES: torch "cudagraphs" on a GPU, "onednn" on the CPU)
+    is skipped elsewhere."""
     from bench.schema import ONE_DEVICE_MODES, QUANTIZED_FRAMEWORKS
     from variants.build import QUANTIZED_DTYPES
 

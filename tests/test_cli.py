@@ -529,8 +529,8 @@ def test_a_torch_mode_named_off_its_device_exits_2(monkeypatch, tmp_path, mode, 
      {"eager"}),
     ("onednn", [], {"eager", "onednn"}),
 ])
-def test_a_torch_mode_from_the_config_is_skipped_off_its_device_with_one_line(monkeypatch, tmp_path, mode, skips,
-                                                                               measured):
+def test_a_torch_mode_from_the_config_runs_on_its_device_and_is_skipped_elsewhere(monkeypatch, tmp_path, mode, skips,
+                                                                                   measured):
     fake = FakeWorkers()
     install(monkeypatch, fake)
     config = tmp_path / "bench.toml"

@@ -223,6 +223,7 @@ class OnnxEncoder(NumpyEncoder):
         key = ("step", tuple(x_shape[1:]), phase(state))
         if key in self._graphs:
             return self._graphs[key]
+
         def zeros(streams: int) -> tuple[Any, torch.Tensor]:  # a chunk and a state of this many streams of zeros
             return (map_arrays(lambda v: torch.zeros((streams, *v.shape()[1:]), dtype=_TORCH_DTYPES[v.data_type()]), state),
                     torch.zeros((streams, *x_shape[1:])))
