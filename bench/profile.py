@@ -50,7 +50,7 @@ class Op:
 # A step's state leaves (variants.schedule) and the modules that own them: an op on the state that
 # XLA names by the state's argument ("state['blocks'][11]['k']", "state_in_place['blocks'][11]['s']")
 # belongs to that module.
-STATE_LEAF_MODULE = {"k": "mhsa", "v": "mhsa", "valid": "mhsa", "s": "mhsa", "z": "mhsa", "conv": "conv",
+STATE_LEAF_MODULE = {"k": "mhsa", "v": "mhsa", "seen": "mhsa", "s": "mhsa", "z": "mhsa", "conv": "conv",
                      "stack": "stack"}
 
 

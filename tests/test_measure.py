@@ -346,6 +346,23 @@ def test_onednn_mode_steps_as_eager_does_on_the_same_weights(name):
     assert not any(isinstance(m, Dense) for m in onednn._profiled.modules())
 
 
+def test_jax_step_writes_the_attention_ring_where_it_lies():
+    """The JAX step a session times (its state's in-place leaves donated) updates the key/value ring in
+    place: XLA copies no ring whole. Without variants.build.XLA_CPU_FLAGS it copied each one twice a step."""
+    import jax.numpy as jnp
+
+    from bench.adapters.jax_adapter import donating_step, split_state
+
+    spec = tiny(variants.get("baseline").spec)
+    enc = variants.build(spec, "jax", seed=0)
+    x = jnp.zeros((3, 6, spec.input_dim))
+    program = donating_step(enc.step_fn).lower(enc.params, x, *split_state(enc.init_state(3))).compile().as_text()
+    ring = f"f32[3,{spec.num_heads},{spec.left_context},{spec.head_dim}]"
+    entry = program[program.index("ENTRY"):].splitlines()
+    assert any(ring in line and "scatter" in line for line in program.splitlines())  # the ring is written
+    assert [line for line in entry if ring in line and " copy(" in line] == []
+
+
 def test_int8_record_says_what_was_quantised_and_counts_its_bytes():
     spec = _tiny("practical")
     fp32 = measure(spec, "onnxruntime", "cpu", 1, 6, settings=SETTINGS)

@@ -85,8 +85,8 @@ def test_params_match_analytic(built, name):
 
 
 def _arrays(state) -> dict[str, tuple[tuple[int, ...], str]]:
-    """path -> (shape, "bool" | "float") of the real state arrays, whichever the framework."""
-    return {path: (tuple(a.shape), "bool" if str(a.dtype).endswith("bool") else "float")
+    """path -> (shape, "int32" | "float") of the real state arrays, whichever the framework."""
+    return {path: (tuple(a.shape), "int32" if str(a.dtype).endswith("int32") else "float")
             for path, a in named_arrays(state)}
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from variants.spec import EncoderSpec, SecondPassSpec
 
-BOOL_BYTES = 1  # local attention's validity mask
+INT32_BYTES = 4  # local attention's frame count, whatever the float dtype
 
 
 # ---- parameters -------------------------------------------------------------------------------
@@ -76,10 +76,10 @@ def first_pass_param_count(spec: EncoderSpec) -> int:
 
 # ---- streaming state --------------------------------------------------------------------------
 def state_shapes(spec: EncoderSpec, batch: int) -> dict[str, tuple[tuple[int, ...], str, str]]:
-    """path -> (shape, "float"|"bool", category) for every array in the streaming state; the paths
+    """path -> (shape, "float"|"int32", category) for every array in the streaming state; the paths
     are those variants.state.named_arrays gives the state a model's init_state returns.
 
-    Categories: "attention" (K/V cache + validity mask, or Performer sums S and z), "conv" (the
+    Categories: "attention" (the ring of keys and values and its frame count, or Performer sums S and z), "conv" (the
     causal depthwise conv's last kernel-1 inputs), "time_reduction" (frames waiting to be stacked).
     """
     b, d, h, dh = batch, spec.model_dim, spec.num_heads, spec.head_dim
@@ -96,7 +96,7 @@ def state_shapes(spec: EncoderSpec, batch: int) -> dict[str, tuple[tuple[int, ..
         if spec.attention == "local":
             shapes[f"blocks.{i}.k"] = ((b, h, spec.left_context, dh), "float", "attention")
             shapes[f"blocks.{i}.v"] = ((b, h, spec.left_context, dh), "float", "attention")
-            shapes[f"blocks.{i}.valid"] = ((b, spec.left_context), "bool", "attention")
+            shapes[f"blocks.{i}.seen"] = ((b,), "int32", "attention")
         else:
             m = spec.performer_features
             shapes[f"blocks.{i}.s"] = ((b, h, m, dh), "float", "attention")
@@ -108,7 +108,7 @@ def _nbytes(shape: tuple[int, ...], kind: str, dtype_bytes: int) -> int:
     n = 1
     for s in shape:
         n *= s
-    return n * (BOOL_BYTES if kind == "bool" else dtype_bytes)
+    return n * (INT32_BYTES if kind == "int32" else dtype_bytes)
 
 
 def state_bytes_breakdown(spec: EncoderSpec, batch: int, dtype_bytes: int = 4) -> dict[str, int]:

@@ -49,7 +49,7 @@ from variants.torch_encoder import TorchEncoder
 CACHE_IN_USE_S = 3600.0  # a graph used this recently is never deleted: a run beside may be about to load it
 GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
 _ARRAY = object()  # an array's place in a state template (None would read as "no array")
-_TORCH_DTYPES = {"tensor(float)": torch.float32, "tensor(bool)": torch.bool}  # a state's OrtValue types
+_TORCH_DTYPES = {"tensor(float)": torch.float32, "tensor(int32)": torch.int32}  # a state's OrtValue types
 _VERSIONED = ("torch", "onnx", "onnxscript", "onnxruntime")  # an export or quantisation changes with these
 # ... and with the code that is exported: a revision that changes the PyTorch model or the export exports anew
 _MODEL_SOURCES = ("torch_model.py", "schedule.py", "state.py", "onnx_export.py")
@@ -198,7 +198,7 @@ class OnnxEncoder(NumpyEncoder):
         with torch.inference_mode():
             state = self.torch.module.init_state(batch)
         return map_arrays(lambda t: ort.OrtValue.ortvalue_from_numpy(t.numpy(), self.device.kind, self.device.index),
-                          state)  # float32 arrays and the attention's bool mask, as they are
+                          state)  # float32 arrays and the attention's int32 frame counts, as they are
 
     def step(self, x_chunk: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         y, state = self.step_native(self.to_native(x_chunk), state)

@@ -13,9 +13,9 @@ from typing import Any, Callable, Sequence
 
 from variants.state import StackBuffer
 
-# A block's attention keeps its state beside "stack" and "conv" in the block's dict: k/v/valid
+# A block's attention keeps its state beside "stack" and "conv" in the block's dict: k/v/seen
 # (local) or s/z (Performer).
-ATTENTION_STATE_KEYS = ("k", "v", "valid", "s", "z")
+ATTENTION_STATE_KEYS = ("k", "v", "seen", "s", "z")
 
 # A depthwise conv over at most this many output frames (a streaming step's) runs as one
 # multiply-and-sum over the kernel's window per frame: it reads the window once and runs 3-4x

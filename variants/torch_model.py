@@ -139,10 +139,16 @@ class ConvModule(nn.Module):
         return self._finish(self._depthwise(g)), g.split((g.shape[1] - kept, kept), dim=1)[1]
 
 
-def _offsets(first: int, queries: int, keys: int, device):
-    """offsets[i, j] = first + i - j: how far key j lies behind query i. Made on the device from
-    shapes alone, so a step uploads nothing from the host (a blocking copy per block on a GPU)."""
-    return (first + torch.arange(queries, device=device))[:, None] - torch.arange(keys, device=device)[None, :]
+def ring_ages(seen, left: int):
+    """age[b, j]: how many frames before the current chunk the frame in cache slot j came (1 = the
+    latest), from `seen` [B] (the frames a ring of `left` slots has taken, kept below 2 * left)."""
+    return torch.remainder(seen[:, None] - 1 - torch.arange(left, dtype=seen.dtype, device=seen.device), left) + 1
+
+
+def ring_seen(seen, frames: int, left: int):
+    """`seen` after `frames` more, kept below 2 * left: past `left` only its remainder counts."""
+    seen = seen + frames
+    return torch.where(seen >= left, torch.remainder(seen, left) + left, seen)
 
 
 def _split_heads(x, num_heads):
@@ -153,9 +159,11 @@ def _split_heads(x, num_heads):
 class LocalAttention(nn.Module):
     """Multi-head softmax self-attention over offsets [-right, left] with a learned relative bias.
 
-    The causal first pass uses right=0; state k/v [B, heads, left, head_dim] and valid [B, left].
-    Heads lead the frames so both products are plain batched matmuls over (B, heads): with frames
-    first, every step copied the whole cache into that order (5x slower at batch 64 on a CPU).
+    The causal first pass uses right=0; state: a ring of the last `left` frames' keys and values,
+    k/v [B, heads, left, head_dim], and seen [B] (int32), as in the JAX model. A step reads the cache
+    where it lies and returns it with its frames written over the oldest slots. Heads lead the frames
+    so both products are plain batched matmuls over (B, heads): with frames first, every step copied
+    the whole cache into that order (5x slower at batch 64 on a CPU).
     """
 
     def __init__(self, model_dim: int, num_heads: int, left: int, right: int = 0):
@@ -170,42 +178,56 @@ class LocalAttention(nn.Module):
         q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
         return tuple(_split_heads(a, self.num_heads).transpose(1, 2) for a in (q, k, v))
 
-    def _attend(self, q, k, v, offsets, mask):
+    def _attend(self, q, keys, values, offsets, mask):
+        """keys/values: blocks of the key axis (the cache, then the chunk's frames), each [B, heads, S_i,
+        head_dim]; offsets [B or 1, T, S] = query position - key position; mask [B or 1, T, S]."""
         scale = 1.0 / math.sqrt(self.model_dim // self.num_heads)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, H, T, S]
-        index = (offsets + self.right).clamp(0, self.left + self.right)
-        scores = scores + self.rel_bias[:, index][None]
+        # keys times queries, then the small product transposed: ONNX Runtime fused the transpose of
+        # the keys into q @ k^T for the chunk's keys but not for the cache's, which it copied whole
+        scores = torch.cat([torch.matmul(k, q.transpose(-1, -2)).transpose(-1, -2) for k in keys], dim=-1) * scale
+        index = (offsets + self.right).clamp(0, self.left + self.right).long()  # ONNX gathers by int64
+        scores = scores + self.rel_bias[:, index].transpose(0, 1)
         scores = scores.masked_fill(~mask[:, None], torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
-        y = torch.matmul(probs, v).transpose(1, 2)  # [B, T, H, head_dim]
+        probs = torch.softmax(scores.float(), dim=-1).to(values[0].dtype)
+        parts = probs.split([v.shape[2] for v in values], dim=-1)
+        y = sum(torch.matmul(p, v) for p, v in zip(parts, values)).transpose(1, 2)  # [B, T, H, head_dim]
         return self.out(y.reshape(y.shape[0], y.shape[1], self.model_dim))
 
     def forward(self, x):
         q, k, v = self._project(x)
-        t = x.shape[1]
-        offsets = _offsets(0, t, t, x.device)
-        mask = ((offsets <= self.left) & (offsets >= -self.right))[None]
-        return self._attend(q, k, v, offsets, mask)
+        chunk = torch.arange(x.shape[1], device=x.device)
+        offsets = chunk[:, None] - chunk[None, :]
+        mask = (offsets <= self.left) & (offsets >= -self.right)
+        return self._attend(q, (k,), (v,), offsets[None], mask[None])
 
     def init_state(self, batch):
         shape = (batch, self.num_heads, self.left, self.model_dim // self.num_heads)
         like = self.rel_bias
         return {"k": like.new_zeros(shape), "v": like.new_zeros(shape),
-                "valid": torch.zeros(batch, self.left, dtype=torch.bool, device=like.device)}
+                "seen": torch.zeros(batch, dtype=torch.int32, device=like.device)}
 
     def step(self, x, state):
         q, k, v = self._project(x)
         b, t = x.shape[:2]
-        keys = torch.cat([state["k"], k], dim=2)
-        values = torch.cat([state["v"], v], dim=2)
-        valid = torch.cat([state["valid"], torch.ones(b, t, dtype=torch.bool, device=x.device)], dim=1)
-        offsets = _offsets(self.left, t, self.left + t, x.device)
-        mask = ((offsets >= 0) & (offsets <= self.left))[None] & valid[:, None, :]
-        y = self._attend(q, keys, values, offsets, mask)
-        # split, not slice: in ONNX Runtime a Slice copied the cache at a third of Split's speed
-        parts = (t, self.left)
-        return y, {"k": keys.split(parts, dim=2)[1], "v": values.split(parts, dim=2)[1],
-                   "valid": valid.split(parts, dim=1)[1]}
+        # made on the device from shapes and the state alone: a step uploads nothing from the host
+        seen, chunk = state["seen"], torch.arange(t, dtype=torch.int32, device=x.device)
+        ages = ring_ages(seen, self.left)  # [B, left]
+        cache_offsets = chunk[None, :, None] + ages[:, None, :]  # [B, T, left]
+        cache_mask = (cache_offsets <= self.left) & (ages <= seen[:, None])[:, None, :]
+        chunk_offsets = chunk[:, None] - chunk[None, :]
+        chunk_mask = (chunk_offsets >= 0) & (chunk_offsets <= self.left)
+        offsets = torch.cat([cache_offsets, chunk_offsets.expand(b, t, t)], dim=-1)
+        mask = torch.cat([cache_mask, chunk_mask.expand(b, t, t)], dim=-1)
+        y = self._attend(q, (state["k"], k), (state["v"], v), offsets, mask)
+        # the chunk's last `kept` frames go to the ring's oldest slots: (stream, head, slot) of each
+        # head_dim row; an index_put is ONNX's ScatterND, which ran 4x faster than ScatterElements there
+        kept = min(t, self.left)
+        slots = torch.remainder(seen[:, None] + chunk[t - kept:], self.left).long()  # [B, kept]
+        where = (torch.arange(b, device=x.device)[:, None, None],
+                 torch.arange(self.num_heads, device=x.device)[None, :, None], slots[:, None, :])
+        new_state = {name: torch.index_put(state[name], where, new[:, :, t - kept:])
+                     for name, new in (("k", k), ("v", v))}
+        return y, {**new_state, "seen": ring_seen(seen, t, self.left)}
 
 
 # ---- Performer (FAVOR+) ------------------------------------------------------------------------
@@ -295,7 +317,7 @@ class Block(nn.Module):
     """One encoder block: optional time reduction, then the sub-layers in spec.block_order with residuals.
 
     kind "conformer" has attention, kind "conv" skips it. State (variants.schedule.block_init_state):
-    a dict with stack (time reduction), conv, and k/v/valid (local) or s/z (performer).
+    a dict with stack (time reduction), conv, and k/v/seen (local) or s/z (performer).
     """
 
     def __init__(self, spec: EncoderSpec, index: int):

@@ -70,13 +70,12 @@ def use_compile_cache() -> str | None:
 COMPILE_CACHE = use_compile_cache()
 
 
-# The state leaves a step updates in place: the Performer's running sums (named as in
-# bench.profile.STATE_LEAF_MODULE). The others are caches that shift by the chunk's frames: donated,
-# they cost a step one more copy (XLA cannot shift a buffer onto itself, so it writes the new cache
-# aside and copies it into the donated one), and CPU steps at batch 64 took 12-20% longer (baseline
-# and practical, 30 interleaved bursts each; 2026-11-28); donating the sums saves practical 3-4% at
-# batch 1.
-IN_PLACE_LEAVES = ("s", "z")
+# The state leaves a step updates in place, donated so XLA writes them where they lie: the attention's
+# ring of keys and values and its frame count, the Performer's running sums (named as in
+# bench.profile.STATE_LEAF_MODULE). Donating the sums saves practical 3-4% at batch 1. The others
+# (the conv's and the time reduction's last frames) are rebuilt whole each step: donated, they cost one
+# more copy (XLA writes the new buffer aside and copies it into the donated one).
+IN_PLACE_LEAVES = ("k", "v", "seen", "s", "z")
 
 
 def _in_place(path) -> bool:
@@ -293,6 +292,6 @@ def _check_same_avals(before: dict, after: dict) -> None:
 
 def prepare(spec, **kwargs) -> JaxSession:
     with warnings.catch_warnings():
-        # CPU can't always alias a donated buffer to an output (e.g. the bool mask); harmless
+        # CPU can't always alias a donated buffer to an output; harmless
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
         return JaxSession(spec, **kwargs)
