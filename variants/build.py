@@ -29,23 +29,6 @@ CACHE_ROOT = Path.home() / ".cache" / "practical-conformer-bench"
 ONNX_CACHE_ENV = "BENCH_ONNX_CACHE"
 ONNX_CACHE_LIMIT_ENV, ONNX_CACHE_LIMIT_GB = "BENCH_ONNX_CACHE_GB", 10.0
 
-# XLA:CPU writes the attention's ring of keys and values in place (its buffers are donated) only when its
-# copy insertion analyses regions: without it, it copied each ring whole twice a step to keep the old
-# values for the reads that come before the write (jax 0.10). XLA reads XLA_FLAGS when JAX's first
-# computation starts its backend, so `import variants` adds them: a process that computed in JAX before
-# importing variants gets the same results, only slower.
-XLA_CPU_FLAGS = ("--xla_cpu_copy_insertion_use_region_analysis=true",)
-
-
-def _add_xla_flags() -> None:
-    flags = os.environ.get("XLA_FLAGS", "")
-    missing = [flag for flag in XLA_CPU_FLAGS if flag.split("=")[0] not in flags]
-    if missing:
-        os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
-
-
-_add_xla_flags()
-
 
 def onnx_cache_dir() -> Path:
     return Path(os.environ.get(ONNX_CACHE_ENV) or CACHE_ROOT / "onnx")

@@ -233,7 +233,7 @@ class LocalAttention(nn.Module):
         mask = jnp.concatenate([cache_mask, jnp.broadcast_to(chunk_mask, (b, t, t))], axis=-1)
         y = self._attend(q, (state["k"], k), (state["v"], v), offsets, mask)
         # the chunk's last `kept` frames go to the ring's oldest slots; donated, k/v are written in place
-        # (with variants.build.XLA_CPU_FLAGS on a CPU)
+        # (on a CPU, with variants.jax_encoder.STEP_COMPILER_OPTIONS)
         kept = min(t, self.left)
         slots = (seen[:, None] + np.arange(t - kept, t)) % self.left  # [B, kept]
         rows = jnp.arange(b)[:, None]

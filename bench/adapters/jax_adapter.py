@@ -97,14 +97,15 @@ def merge_state(state_in_place, state):
                                   is_leaf=lambda a: a is None)
 
 
-def donating_step(step_fn: Callable) -> Callable:
+def donating_step(step_fn: Callable, compiler_options: dict | None = None) -> Callable:
     """step_fn(params, x, state) jitted as (params, x, state_in_place, state) -> (y, (state_in_place,
-    state)), donating the first part (the argument names are what a profile reads a state op by)."""
+    state)), donating the first part (the argument names are what a profile reads a state op by), with
+    the XLA options the model asks for."""
     def step(params, x, state_in_place, state):
         y, new = step_fn(params, x, merge_state(state_in_place, state))
         return y, split_state(new)
 
-    return jax.jit(step, donate_argnums=(2,))
+    return jax.jit(step, donate_argnums=(2,), compiler_options=compiler_options)
 
 
 class JaxSession:
@@ -120,7 +121,9 @@ class JaxSession:
         self.encoder = enc = build_encoder(spec, "jax", seed=seed, dtype=dtype, device=native_device)
         self.x = enc.to_native(random_frames(batch, chunk_frames, spec.input_dim))
         self.params = enc.params
-        self._jitted = donating_step(enc.step_fn)
+        # the model's own XLA options (none in revisions of variants/ older than the ring, for `bench ab`)
+        self.compiler_options = getattr(enc, "step_compiler_options", None) or {}
+        self._jitted = donating_step(enc.step_fn, self.compiler_options)
         self._compiled: dict[Any, Any] = {}
         before = dict(_cache_events)
         t0 = time.perf_counter()
@@ -130,6 +133,9 @@ class JaxSession:
         hits, misses = (_cache_events[k] - before[k] for k in before)
         self.runtime_options = (f"XLA persistent compilation cache {COMPILE_CACHE}: {hits} program(s) loaded from it, "
                                 f"{misses} compiled" if COMPILE_CACHE else "XLA persistent compilation cache off")
+        if self.compiler_options:
+            options = ", ".join(f"{k}={v}" for k, v in self.compiler_options.items())
+            self.runtime_options += f"; the step compiled with XLA options {options}"
         self._single = len(self._compiled) == 1
 
     # ---- compile ---------------------------------------------------------------------------
