@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from variants.schedule import ATTENTION_STATE_KEYS
+
 # The classes of a first-pass step, in the order reports stack them, with what each holds.
 CLASSES = {
     "ffn": "FFN matmuls (and their activations)",
@@ -50,8 +52,7 @@ class Op:
 # A step's state leaves (variants.schedule) and the modules that own them: an op on the state that
 # XLA names by the state's argument ("state['blocks'][11]['k']", "state_in_place['blocks'][11]['s']")
 # belongs to that module.
-STATE_LEAF_MODULE = {"k": "mhsa", "v": "mhsa", "seen": "mhsa", "s": "mhsa", "z": "mhsa", "conv": "conv",
-                     "stack": "stack"}
+STATE_LEAF_MODULE = {**dict.fromkeys(ATTENTION_STATE_KEYS, "mhsa"), "conv": "conv", "stack": "stack"}
 
 
 def _tokens(path: str) -> set[str]:
