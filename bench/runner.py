@@ -260,7 +260,7 @@ class WorkerPool:
                 side = self._sides.get(job.side, Side())
                 worker = self._start(f"gw{self._count}", variants_root=side.variants_root,
                                      plugins=self.plan.plugins if side.plugins is None else side.plugins,
-                                     threads=self.threads)
+                                     threads=self.threads, framework=job.framework)
                 self._workers[key] = worker
             return worker
 
@@ -567,6 +567,8 @@ def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: Work
 
     bar.update(task, description=f"preparing {group.jobs[0].framework}/{group.jobs[0].mode} "
                                  f"batch {group.jobs[0].batch}")
+    for job in group.jobs:  # every worker starts (and imports its framework) now, side by side
+        pool.get(job)
     # a shared worker answers one request at a time
     alone = pool.shared or group.jobs[0].framework in BUILT_ONE_AT_A_TIME
     executor = ThreadPoolExecutor(max_workers=1 if alone else max(1, settings.prepare_workers))

@@ -43,7 +43,7 @@ class Worker:
     """The parent's handle on one worker process."""
 
     def __init__(self, worker_id: str, *, plugins: Sequence[str] = (), variants_root: str | Path | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, framework: str | None = None):
         self.id = worker_id
         # here, not at the top: bench.machine imports variants, which a worker must import only after
         # putting its revision's checkout first on sys.path (main)
@@ -61,6 +61,8 @@ class Worker:
             args += ["--plugin", str(plugin)]
         if variants_root is not None:
             args += ["--variants-root", str(variants_root)]
+        if framework is not None:
+            args += ["--framework", framework]
         if 0 < threads < len(allowed):  # fewer threads than cores: the worker runs on that many cores only
             args += ["--cores", ",".join(map(str, allowed[:threads]))]
         self._stderr = tempfile.TemporaryFile(mode="w+b")
@@ -215,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--plugin", action="append", default=[])
     parser.add_argument("--variants-root", default=None, help="import variants/ from this checkout (bench ab)")
     parser.add_argument("--cores", default=None, help="run on these cores only (comma-separated ids)")
+    parser.add_argument("--framework", default=None, help="import this framework's adapter before the first request")
     args = parser.parse_args(argv)
     if args.cores:
         # before any framework loads: XLA sizes its thread pool, and ONNX Runtime its intra-op threads
@@ -241,6 +244,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - the parent reads this line as the cause
         print(f"cannot load plugin: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(3)
+    if args.framework:
+        # Importing a framework takes a second or more of one core (PyTorch ~1.3 s, JAX ~0.8 s on the
+        # reference VM): done on start, it overlaps the other workers' starts and builds instead of
+        # waiting for this worker's first request (the runner builds ONNX Runtime's one at a time).
+        # A failure here is left to that request, which raises it with its record.
+        from bench import adapters
+
+        try:
+            adapters.load(args.framework)
+        except Exception:  # noqa: BLE001
+            pass
     _serve(sys.stdin, reply)
     # Nothing is left to save: skip the interpreter's teardown (freeing every model and framework
     # object took ~0.7 s per worker, which a run waits for between groups)

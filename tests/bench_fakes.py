@@ -63,7 +63,7 @@ class FakeWorkers:
     def now(self) -> float:
         return self.clock
 
-    def start(self, worker_id: str, *, plugins=(), variants_root=None, threads=None) -> "FakeWorker":
+    def start(self, worker_id: str, *, plugins=(), variants_root=None, threads=None, framework=None) -> "FakeWorker":
         worker = FakeWorker(worker_id, self, plugins=plugins, variants_root=variants_root)
         with self._lock:
             self.workers.append(worker)

@@ -124,6 +124,23 @@ def test_a_worker_with_fewer_threads_than_cores_runs_on_that_many_cores_before_a
     assert seen["omp"] == os.environ.get("OMP_NUM_THREADS", "1")
 
 
+def test_a_worker_given_its_framework_has_loaded_it_before_its_first_answer():
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc to see what a process has loaded")
+    w = Worker("gw-preload", threads=1, framework="torch")
+    try:
+        assert w.request({"cmd": "drop", "key": "x"}, 60) == {}  # served only once the import is done
+        assert "libtorch" in Path(f"/proc/{w.pid}/maps").read_text()
+    finally:
+        w.close()
+    w = Worker("gw-preload-bad", threads=1, framework="no_such_framework")  # left to the first request
+    try:
+        assert w.request({"cmd": "drop", "key": "x"}, 60) == {}
+    finally:
+        w.close()
+
+
 def _what_a_plugin_sees(tmp_path, expression: str, worker_id: str, threads: int) -> dict:
     """The JSON of `expression` as a plugin evaluates it on import in a fresh worker (which also prints
     to stdout: that must not corrupt the protocol)."""
