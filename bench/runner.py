@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from bench import machine, measure, roofline, stats, table
 from bench.config import THREADS_AUTO, MeasureSettings, RunConfig
 from bench.results import SCHEMA_VERSION, RunWriter, utc_now
-from bench.schema import BUILT_ONE_AT_A_TIME, DTYPE_BYTES, PRECISIONS, RAW_STEP_KEY, activation_dtype, raw_key
+from bench.schema import DTYPE_BYTES, PRECISIONS, RAW_STEP_KEY, activation_dtype, raw_key
 from bench.worker import Worker, WorkerDied
 
 
@@ -535,8 +535,9 @@ def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: Work
     may include that sharing); then check, count and warm them up one at a time. Running steps in
     two workers at once costs more than it saves on a machine whose cores each worker's thread pool
     already fills (seen on the reference 2-core VM: PyTorch and ONNX Runtime workers preparing two
-    at a time took 2-4x longer each), while building is mostly serial work (drawing weights, XLA's
-    compile), except where building runs steps too (schema.BUILT_ONE_AT_A_TIME). The machine's peaks,
+    at a time took 2-4x longer each), while building is mostly serial work (drawing weights, tracing,
+    XLA's compile, ONNX Runtime's graph optimisation; its sessions' threads stop spinning when a run
+    returns, so the few steps an ONNX Runtime build runs share the cores too). The machine's peaks,
     when wanted and not yet known, are measured by the first job warmed, with nothing else running."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -570,8 +571,7 @@ def _prepare(group: _Group, plan: RunPlan, settings: MeasureSettings, pool: Work
     for job in group.jobs:  # every worker starts (and imports its framework) now, side by side
         pool.get(job)
     # a shared worker answers one request at a time
-    alone = pool.shared or group.jobs[0].framework in BUILT_ONE_AT_A_TIME
-    executor = ThreadPoolExecutor(max_workers=1 if alone else max(1, settings.prepare_workers))
+    executor = ThreadPoolExecutor(max_workers=1 if pool.shared else max(1, settings.prepare_workers))
     try:
         list(executor.map(build, group.jobs))
     except KeyboardInterrupt as e:  # builds still running in other threads end now, not at their timeout

@@ -18,12 +18,6 @@ DEFAULT_MODE = {"jax": "jit", "torch": "eager", "onnxruntime": "session"}
 # Modes that run on one device only: (framework, mode) -> (that device, why, as a run's skip line ends)
 ONE_DEVICE_MODES = {("torch", "cudagraphs"): ("gpu", "it replays CUDA graphs, which need --device gpu"),
                     ("torch", "onednn"): ("cpu", "it runs oneDNN's CPU kernels, which need --device cpu")}
-# Frameworks whose sessions are built one at a time (measure.prepare_workers applies to the others):
-# ONNX Runtime's build runs steps through each phase's session on a thread pool that spins, so two
-# builds at once slow each other (an ONNX Runtime quick run: its batch-1 builds took 13.7 s two at a
-# time and 8.3 s one at a time, the whole run 41 s against 34 s), where JAX's builds are serial
-# Python and XLA work that two at once speed up (8.5 s against 14 s).
-BUILT_ONE_AT_A_TIME = frozenset({"onnxruntime"})
 DEVICES = ("cpu", "gpu", "tpu")
 # How float32 matmuls and convolutions are computed, the same in every framework (bench.adapters apply it):
 # "highest" true float32; "high" TF32 on NVIDIA GPUs, 3 bfloat16 passes on TPU; "default" each device's

@@ -247,8 +247,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.framework:
         # Importing a framework takes a second or more of one core (PyTorch ~1.3 s, JAX ~0.8 s on the
         # reference VM): done on start, it overlaps the other workers' starts and builds instead of
-        # waiting for this worker's first request (the runner builds ONNX Runtime's one at a time).
-        # A failure here is left to that request, which raises it with its record.
+        # waiting for this worker's first request. A failure here is left to that request, which
+        # raises it with its record.
         from bench import adapters
 
         try:
