@@ -75,6 +75,9 @@ COMPILE_CACHE = use_compile_cache()
 # bench.profile.STATE_LEAF_MODULE). Donating the sums saves practical 3-4% at batch 1. The others
 # (the conv's and the time reduction's last frames) are rebuilt whole each step: donated, they cost one
 # more copy (XLA writes the new buffer aside and copies it into the donated one).
+# Not read from variants.schedule.ATTENTION_STATE_KEYS: in `bench ab` a worker imports the BASE
+# revision's variants, whose attention leaves may not be in place (a shifting cache and its mask),
+# and donating those would time the old model slower than it ran.
 IN_PLACE_LEAVES = ("k", "v", "seen", "s", "z")
 
 
