@@ -580,7 +580,8 @@ def env_cmd() -> None:
 
 def _cache_lines() -> list[str]:
     """Where ONNX exports and XLA programs are kept between runs, how much they hold and their bounds."""
-    from bench.adapters.jax_adapter import XLA_CACHE_ENV, XLA_CACHE_MAX_BYTES, compile_cache_folder
+    from bench.adapters.jax_adapter import (TRACE_CACHE_MAX_BYTES, TRACE_FOLDER, XLA_CACHE_ENV, XLA_CACHE_MAX_BYTES,
+                                            compile_cache_folder)
     from variants.build import ONNX_CACHE_LIMIT_ENV, onnx_cache_dir, onnx_cache_limit_bytes
 
     def held(folder: Path) -> str:
@@ -595,7 +596,8 @@ def _cache_lines() -> list[str]:
     onnx = onnx_cache_dir()
     lines = [f"onnx: {onnx}, {held(onnx)} ({onnx_bound})"]
     xla = compile_cache_folder()
-    lines.append(f"xla: {xla}, {held(xla)} (bound {XLA_CACHE_MAX_BYTES / 2**30:g} GiB)" if xla
+    lines.append(f"xla: {xla}, {held(xla)} (bound {XLA_CACHE_MAX_BYTES / 2**30:g} GiB, and "
+                 f"{TRACE_CACHE_MAX_BYTES / 2**30:g} GiB for the steps' traces in {TRACE_FOLDER}/)" if xla
                  else f"xla: off ({XLA_CACHE_ENV})")
     return lines
 

@@ -217,7 +217,7 @@ class Prepared:
         ops, wall_s, self.state = self.session.profile_ops(self.state, steps)
         segments, split_wall_s = (ops, wall_s) if split is None else split[:2]
         r = self.record
-        bounds = profile.class_bounds(self.session.encoder.spec, r["batch"], r["chunk_frames"],
+        bounds = profile.class_bounds(self.session.spec, r["batch"], r["chunk_frames"],
                                       DTYPE_BYTES[activation_dtype(r["dtype"])])
         columns = profile.summarize(segments, split_wall_s, steps, statistics.median(self.timed_s), bounds,
                                     r.get("peak_flops_per_s"), peak_bytes_per_s or r.get("peak_bytes_per_s"))
@@ -269,8 +269,8 @@ def prepare(variant, framework: str, device: str, batch: int, chunk_frames: int,
         session = adapters.load(framework).prepare(
             spec, batch=batch, chunk_frames=chunk_frames, dtype=dtype, native_device=native, mode=mode, seed=seed,
             precision=precision)
-        enc = session.encoder
-        record.update(device_name=session.device_name, compile_s=session.compile_s, params=enc.num_params(),
+        num_params = getattr(session, "num_params", None) or session.encoder.num_params
+        record.update(device_name=session.device_name, compile_s=session.compile_s, params=num_params(),
                       precision_applied=session.precision_applied,
                       runtime_options=getattr(session, "runtime_options", None),
                       quantized=getattr(session, "quantized", None))

@@ -3,6 +3,7 @@
 import math
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,6 +221,91 @@ def test_a_step_compiled_once_is_loaded_from_xlas_persistent_cache_by_the_next_s
     assert again.runtime_options.startswith(f"XLA persistent compilation cache {os.environ['BENCH_XLA_CACHE']}")
     assert "program(s) loaded from it, 0 compiled" in again.runtime_options
     assert not again.runtime_options.startswith(f"XLA persistent compilation cache {os.environ['BENCH_XLA_CACHE']}: 0")
+
+
+def _jax_session(spec, batch=1, chunk_frames=4, precision="highest"):
+    from bench.adapters import jax_adapter
+    from bench.machine import resolve_device
+
+    return jax_adapter.prepare(spec, batch=batch, chunk_frames=chunk_frames, dtype="float32",
+                               native_device=resolve_device("jax", "cpu"), mode="jit", seed=0, precision=precision)
+
+
+def test_a_jax_step_traced_once_runs_from_its_exported_trace_without_building_the_model():
+    # 4 frames a chunk against 3x then 2x stacking: several phases, each exported and loaded
+    from variants.state import named_arrays
+
+    spec = _tiny("practical").replace(ffn_dim=40)  # a spec of this test's own: nothing cached it before
+    first, again = _jax_session(spec), _jax_session(spec)
+    assert "the step traced and saved to step-" in first.runtime_options
+    assert "the step's trace loaded from step-" in again.runtime_options
+    assert "program(s) loaded from it, 0 compiled" in again.runtime_options  # the same programs as the first's
+    assert again._encoder is None and len(again._compiled) == len(first._compiled) > 1
+    assert again.num_params() == first.encoder.num_params() == analytic.param_count(spec)
+    a, b = first.initial_state(), again.initial_state()
+    for _ in range(7):
+        (ya, a), (yb, b) = first.step(a), again.step(b)
+        np.testing.assert_array_equal(np.asarray(ya), np.asarray(yb))
+    for (path, x), (_, y) in zip(named_arrays(a), named_arrays(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=path)
+    assert again.second_pass_step() is None and again._encoder is None  # no second pass: nothing built
+
+
+def test_a_damaged_trace_file_is_traced_afresh_and_rewritten():
+    from bench.adapters import jax_adapter
+
+    spec = _tiny("conv_lower").replace(ffn_dim=44)
+    path = Path(_jax_session(spec).runtime_options.split("saved to ")[1].split(" ")[0])
+    path = jax_adapter.compile_cache_folder() / jax_adapter.TRACE_FOLDER / path
+    path.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00abc")
+    assert "the step traced and saved to" in _jax_session(spec).runtime_options
+    assert "the step's trace loaded from" in _jax_session(spec).runtime_options
+
+
+def test_a_step_jax_cannot_export_is_traced_and_run_as_before(monkeypatch):
+    from bench.adapters import jax_adapter
+
+    def refuse(*args, **kwargs):
+        raise NotImplementedError("no exporting this")
+
+    monkeypatch.setattr(jax_adapter, "_export_phases", refuse)
+    spec = _tiny("practical").replace(ffn_dim=36)
+    session = _jax_session(spec)
+    assert "the step traced (not exported: NotImplementedError: no exporting this)" in session.runtime_options
+    enc = session.encoder
+    expected, _ = enc.step_fn(enc.params, session.x, enc.init_state(1))
+    np.testing.assert_allclose(np.asarray(session.step(session.initial_state())[0]), np.asarray(expected), atol=1e-5)
+    assert not jax_adapter._trace_file(spec, 1, 4, "float32", "highest", session.compiler_options, "cpu").exists()
+
+
+def test_the_trace_file_is_named_by_everything_that_decides_the_trace(monkeypatch):
+    from bench.adapters.jax_adapter import _trace_file
+
+    spec = _tiny("practical")
+    args = dict(spec=spec, batch=1, chunk_frames=6, dtype="float32", precision="highest", compiler_options={},
+                platform="cpu")
+    base = _trace_file(**args)
+    changed = [dict(spec=spec.replace(ffn_dim=64)), dict(batch=2), dict(chunk_frames=4), dict(dtype="bfloat16"),
+               dict(precision="default"), dict(compiler_options={"xla_cpu_copy_insertion_use_region_analysis": True}),
+               dict(platform="gpu")]
+    names = {_trace_file(**{**args, **change}) for change in changed}
+    assert base == _trace_file(**args) and base not in names and len(names) == len(changed)
+    monkeypatch.setenv("BENCH_XLA_CACHE", "off")
+    assert _trace_file(**args) is None
+
+
+def test_the_trace_cache_keeps_the_files_used_last_within_its_bound(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from bench.adapters import jax_adapter
+
+    blob = SimpleNamespace(serialize=lambda: b"x" * 100)
+    monkeypatch.setattr(jax_adapter, "TRACE_CACHE_MAX_BYTES", 450)
+    for name in "abc":
+        assert "saved to" in jax_adapter._save_traces(tmp_path / f"{name}.jaxexport", [blob, blob])
+        time.sleep(0.01)  # mtimes apart
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jaxexport", "c.jaxexport"]  # 216 bytes each
+    assert jax_adapter._read_traces(tmp_path / "b.jaxexport") is None  # not an export: it will be traced afresh
 
 
 def test_prepare_then_bursts_then_finish_is_what_measure_chains(monkeypatch):

@@ -18,7 +18,8 @@ from variants.jax_model import Encoder
 from variants.spec import EncoderSpec
 
 
-def _canonical(path: tuple) -> str:
+def canonical_name(path: tuple) -> str:
+    """The framework-neutral dotted name (variants.init) of a flax parameter at a tree path."""
     parts = []
     for p in path:
         key = getattr(p, "key", p)
@@ -45,7 +46,7 @@ class JaxEncoder(NumpyEncoder):
         dummy = jnp.zeros((1, spec.output_stride, spec.input_dim), jnp.dtype(dtype))  # one frame reaches every block
         shapes = jax.eval_shape(lambda: self.module.init(jax.random.PRNGKey(0), dummy, method=Encoder.init_all))
         flat, self._treedef = jax.tree_util.tree_flatten_with_path(shapes["params"])
-        self._shapes = {_canonical(path): tuple(leaf.shape) for path, leaf in flat}  # in the tree's leaf order
+        self._shapes = {canonical_name(path): tuple(leaf.shape) for path, leaf in flat}  # in the tree's leaf order
         self._load_initial_weights(seed)
         self._forward = jax.jit(lambda p, x: self.module.apply({"params": p}, x))
         self._second = jax.jit(lambda p, y: self.module.apply({"params": p}, y, method=Encoder.run_second_pass))

@@ -15,7 +15,10 @@ from bench.schema import DEFAULT_MODE, MODES  # noqa: F401 (re-exported for the 
 
 
 class Session(Protocol):
+    spec: Any  # the variants.EncoderSpec it was built from
     encoder: Any  # what variants.build returned
+    # Optional: the parameters the step runs with, where counting them needs no model (else encoder.num_params())
+    def num_params(self) -> int: ...
     mode: str
     compile_s: float | None  # ahead-of-time compile (JAX) or torch.compile's first calls; None in eager
     device_name: str

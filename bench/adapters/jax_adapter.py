@@ -14,8 +14,13 @@ record's runtime_options says how many programs came from it.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
+import json
 import os
 import re
+import struct
 import tempfile
 import time
 import warnings
@@ -23,13 +28,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 
 from bench import counters, profile, roofline
 from bench.adapters import build_encoder, random_frames, second_pass_segment
 from bench.machine import device_name
 from variants.build import CACHE_ROOT
-from variants.state import MAX_PHASES, array_leaves, state_nbytes
+from variants.state import MAX_PHASES, StackBuffer, array_leaves, state_nbytes
 
 
 _cache_events = {"/jax/compilation_cache/cache_hits": 0, "/jax/compilation_cache/cache_misses": 0}
@@ -111,35 +117,207 @@ def donating_step(step_fn: Callable, compiler_options: dict | None = None) -> Ca
     return jax.jit(step, donate_argnums=(2,), compiler_options=compiler_options)
 
 
+# ---- the step's trace, kept between runs -------------------------------------------------------
+# Tracing a step runs the model's Python (flax: ~1 s for a ladder model on the reference 2-core VM)
+# and finding its parameters' shapes traces a forward pass (~1 s more): together more than loading
+# the compiled program from XLA's cache. So jax.export keeps each traced step (StableHLO, a program
+# per phase) in the XLA cache's folder "traces", named by all that decides it: the spec, the source of
+# the variants package this process imported (bench ab's BASE workers hash their own revision's),
+# the libraries' versions, batch, chunk, dtype, precision, XLA options and platform. The weights are
+# arguments, not part of it: a cached session draws them by name from the seed as variants.build does.
+TRACE_FOLDER = "traces"
+TRACE_CACHE_MAX_BYTES = 256 * 1024**2  # the ladder's 10 steps take ~4 MB; the files used longest ago go first
+
+# the time reduction's buffer keeps its frame count in the tree's structure (a registered dataclass)
+jax.export.register_pytree_node_serialization(
+    StackBuffer, serialized_name="variants.state.StackBuffer",
+    serialize_auxdata=lambda aux: json.dumps(list(aux)).encode(),
+    deserialize_auxdata=lambda data: tuple(json.loads(data)),
+    from_children=lambda aux, children: StackBuffer(*children, *aux))
+
+
+@functools.lru_cache(maxsize=1)
+def _variants_source_digest() -> str:
+    import variants
+
+    h = hashlib.blake2b(digest_size=16)
+    for path in sorted(Path(variants.__file__).parent.rglob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _trace_file(spec, batch: int, chunk_frames: int, dtype: str, precision: str, compiler_options: dict,
+                platform: str) -> Path | None:
+    """Where the step's traces for these settings are kept, or None when the XLA cache is off."""
+    folder = compile_cache_folder()
+    if folder is None:
+        return None
+    versions = [importlib.metadata.version(lib) for lib in ("jax", "jaxlib", "flax")]
+    text = repr((repr(spec), _variants_source_digest(), versions, batch, chunk_frames, dtype, precision,
+                 sorted(compiler_options.items()), platform, jax.config.jax_enable_x64))
+    return folder / TRACE_FOLDER / f"step-{hashlib.blake2b(text.encode(), digest_size=16).hexdigest()}.jaxexport"
+
+
+def _read_traces(path: Path | None) -> list | None:
+    """The cached step's jax.export.Exported, one per phase (the initial state's first), or None when
+    there is none or it cannot be read (then the step is traced afresh and the file rewritten)."""
+    try:
+        data = path.read_bytes()
+        exported, at = [], 0
+        while at < len(data):
+            (size,) = struct.unpack_from("<Q", data, at)
+            exported.append(jax.export.deserialize(bytearray(data[at + 8:at + 8 + size])))
+            at += 8 + size
+        os.utime(path)  # used now: pruned last
+        return exported or None
+    except Exception:  # noqa: BLE001 - no file (or None), a truncated one, or a format of another jax
+        return None
+
+
+def _export_phases(jitted, params, x, state, platform: str) -> list:
+    """jax.export of the donating step for each phase the state goes through from `state` (the
+    initial state's first): each export's output says the next phase's state, so nothing runs."""
+    exported, seen = [], set()
+    state = jax.tree_util.tree_map(_abstract, state)
+    for _ in range(MAX_PHASES):
+        if (treedef := jax.tree_util.tree_structure(state)) in seen:
+            return exported
+        seen.add(treedef)
+        exported.append(jax.export.export(jitted, platforms=[platform])(params, x, *state))
+        _, state = jax.tree_util.tree_unflatten(exported[-1].out_tree, list(map(_abstract, exported[-1].out_avals)))
+    raise RuntimeError(f"the step's state structure did not repeat within {MAX_PHASES} steps")
+
+
+def _exported_step(exported: list, compiler_options: dict, device: Any):
+    """(the jitted donating step that runs the exported phase matching its state, a jitted function
+    making the zero initial state of the first phase)."""
+    def step(params, x, state_in_place, state):  # named as donating_step's: a profile reads the names
+        args = (params, x, state_in_place, state)
+        tree = jax.tree_util.tree_structure((args, {}))
+        # compared, not looked up: equal trees holding a StackBuffer can hash apart (jax 0.10)
+        return next(e for e in exported if e.in_tree == tree).call(*args)
+
+    _, _, *state_avals = jax.tree_util.tree_unflatten(exported[0].in_tree, exported[0].in_avals)[0]
+    zeros = jax.jit(lambda: jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), tuple(state_avals)),
+                    out_shardings=jax.sharding.SingleDeviceSharding(device))
+    return jax.jit(step, donate_argnums=(2,), compiler_options=compiler_options), zeros
+
+
+def _initial_params(exported, seed: int, device: Any):
+    """The parameter tree an exported step takes, holding the weights `seed` draws (variants.init, by
+    the same names as variants.build's), without tracing the model; None where it cannot name them."""
+    from variants.init import initial_weights
+    try:
+        from variants.jax_encoder import canonical_name
+    except ImportError:  # an older variants/ (bench ab's BASE) that does not name them so: traced afresh
+        return None
+
+    params_avals = jax.tree_util.tree_unflatten(exported.in_tree, exported.in_avals)[0][0]
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params_avals)
+    weights = initial_weights({canonical_name(path): tuple(a.shape) for path, a in flat}, seed)
+    return treedef.unflatten([jax.device_put(jnp.asarray(weights[canonical_name(path)], a.dtype), device)
+                              for path, a in flat])
+
+
+def _save_traces(path: Path, exported: list) -> str:
+    """Write the exported phases to `path` and prune the folder; what happened, for the record's
+    runtime_options."""
+    try:
+        blobs = [e.serialize() for e in exported]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:
+            f.write(b"".join(struct.pack("<Q", len(blob)) + blob for blob in blobs))
+        os.replace(f.name, path)
+        files = sorted(path.parent.glob("*.jaxexport"), key=lambda p: p.stat().st_mtime)
+        total = sum(p.stat().st_size for p in files)
+        for old in files[:-1]:
+            if total <= TRACE_CACHE_MAX_BYTES:
+                break
+            total -= old.stat().st_size
+            old.unlink(missing_ok=True)
+    except Exception as e:  # noqa: BLE001 - a cache that cannot be written (read-only, full) only costs time
+        return f"the step traced (not cached: {type(e).__name__}: {e})"
+    return f"the step traced and saved to {path.name} (jax.export)"
+
+
+def _abstract(leaf):
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+
+
 class JaxSession:
     def __init__(self, spec, *, batch: int, chunk_frames: int, dtype: str, native_device: Any, mode: str,
                  seed: int, precision: str):
-        self.spec, self.batch, self.mode, self.dtype = spec, batch, mode, dtype
+        self.spec, self.batch, self.mode, self.dtype, self.seed = spec, batch, mode, dtype, seed
         # Our precision names are JAX's (jax.lax.Precision): set before anything is traced, for the
         # step, the second pass and the peaks alike. The worker process serves one precision.
         jax.config.update("jax_default_matmul_precision", precision)
         self.precision_applied = f"jax_default_matmul_precision={precision}"
         self.native_device = native_device
         self.device_name = device_name(native_device)
-        self.encoder = enc = build_encoder(spec, "jax", seed=seed, dtype=dtype, device=native_device)
-        self.x = enc.to_native(random_frames(batch, chunk_frames, spec.input_dim))
-        self.params = enc.params
         # the model's own XLA options (none in revisions of variants/ older than the ring, for `bench ab`)
-        self.compiler_options = getattr(enc, "step_compiler_options", None) or {}
-        self._jitted = donating_step(enc.step_fn, self.compiler_options)
-        self._compiled: dict[Any, Any] = {}
+        from variants.jax_encoder import JaxEncoder
+        self.compiler_options = getattr(JaxEncoder, "step_compiler_options", None) or {}
+        self._encoder = None
+        self._compiled: dict[Any, Any] = {}  # state treedef -> its compiled step
         before = dict(_cache_events)
         t0 = time.perf_counter()
+        trace_file = _trace_file(spec, batch, chunk_frames, dtype, precision, self.compiler_options,
+                                 native_device.platform)
+        exported = _read_traces(trace_file)
+        self.params = exported and _initial_params(exported[0], seed, native_device)
+        if self.params is not None:
+            self.x = jax.device_put(jnp.asarray(random_frames(batch, chunk_frames, spec.input_dim), jnp.dtype(dtype)),
+                                    native_device)
+            traces, zero_start = f"the step's trace loaded from {trace_file.name} (jax.export)", True
+        else:
+            t_build = time.perf_counter()
+            enc = self.encoder
+            t0 += time.perf_counter() - t_build  # building the model (its weights) is not compiling it
+            self.params, self.x = enc.params, enc.to_native(random_frames(batch, chunk_frames, spec.input_dim))
+            exported, zero_start, traces = self._export(enc, trace_file)
+        # the exported program runs both ways, so a later run's compile is a cache hit
+        self._jitted, self._zeros = (_exported_step(exported, self.compiler_options, native_device) if exported
+                                     else (donating_step(self.encoder.step_fn, self.compiler_options), None))
+        self._zero_start = zero_start
         self._main = self._compile_for(self.initial_state())
         self._compile_phases()
         self.compile_s = time.perf_counter() - t0
         hits, misses = (_cache_events[k] - before[k] for k in before)
         self.runtime_options = (f"XLA persistent compilation cache {COMPILE_CACHE}: {hits} program(s) loaded from it, "
                                 f"{misses} compiled" if COMPILE_CACHE else "XLA persistent compilation cache off")
+        self.runtime_options += "; " + traces
         if self.compiler_options:
             options = ", ".join(f"{k}={v}" for k, v in self.compiler_options.items())
             self.runtime_options += f"; the step compiled with XLA options {options}"
         self._single = len(self._compiled) == 1
+
+    def _export(self, enc, trace_file: Path | None) -> tuple[list | None, bool, str]:
+        """(the step exported for each phase, or None where JAX cannot export it; whether its state
+        starts at zero; what happened, for runtime_options), kept in `trace_file` where that is right."""
+        try:
+            # jax.export's name for the platform ("cuda" or "rocm" where a device says "gpu")
+            platform = jax.extend.backend.get_backend(self.native_device.platform).platform
+            exported = _export_phases(donating_step(enc.step_fn, self.compiler_options), self.params, self.x,
+                                      split_state(enc.init_state(self.batch)), platform)
+        except Exception as e:  # noqa: BLE001 - a step JAX cannot export still runs, traced each time
+            return None, False, f"the step traced (not exported: {type(e).__name__}: {e})"
+        # a cached session starts from zeros without building the model: kept only where that is right
+        if any(bool(jnp.any(a)) for a in array_leaves(enc.init_state(self.batch))):
+            return exported, False, "the step traced (not cached: its initial state is not all zeros)"
+        return exported, True, "the step traced" if trace_file is None else _save_traces(trace_file, exported)
+
+    @property
+    def encoder(self):
+        """The model (variants.build): built on first use when the step's trace came from the cache."""
+        if self._encoder is None:
+            self._encoder = build_encoder(self.spec, "jax", seed=self.seed, dtype=self.dtype,
+                                          device=self.native_device)
+        return self._encoder
+
+    def num_params(self) -> int:
+        """Parameters of the arrays the step runs with."""
+        return sum(a.size for a in jax.tree_util.tree_leaves(self.params))
 
     # ---- compile ---------------------------------------------------------------------------
     def _compile_for(self, state):
@@ -162,6 +340,8 @@ class JaxSession:
 
     # ---- session interface -----------------------------------------------------------------
     def initial_state(self):
+        if self._zero_start:  # one program makes it, as in a session whose step came from the cache
+            return self._zeros()
         return split_state(self.encoder.init_state(self.batch))
 
     def step(self, state):
@@ -199,6 +379,8 @@ class JaxSession:
             f"jax on {self.device_name}: {n}^2 {self.dtype} matmul, 256 MiB elementwise copy (read+write)")
 
     def second_pass_step(self) -> Callable[[], Any] | None:
+        if self.spec.second_pass is None:  # without building the model where the step came from the cache
+            return None
         return second_pass_segment(self.encoder, self.batch, self.sync)
 
     profile_source = "jax.profiler trace of the compiled step: XLA ops, module paths from their metadata"
