@@ -279,6 +279,7 @@ def test_a_step_jax_cannot_export_is_traced_and_run_as_before(monkeypatch):
 
 
 def test_the_trace_file_is_named_by_everything_that_decides_the_trace(monkeypatch):
+    from bench.adapters import jax_adapter
     from bench.adapters.jax_adapter import _trace_file
 
     spec = _tiny("practical")
@@ -290,6 +291,8 @@ def test_the_trace_file_is_named_by_everything_that_decides_the_trace(monkeypatc
                dict(platform="gpu")]
     names = {_trace_file(**{**args, **change}) for change in changed}
     assert base == _trace_file(**args) and base not in names and len(names) == len(changed)
+    monkeypatch.setattr(jax_adapter, "_source_digest", lambda: "another revision of variants/ or of the adapter")
+    assert _trace_file(**args) not in names | {base}
     monkeypatch.setenv("BENCH_XLA_CACHE", "off")
     assert _trace_file(**args) is None
 

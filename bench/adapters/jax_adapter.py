@@ -122,8 +122,8 @@ def donating_step(step_fn: Callable, compiler_options: dict | None = None) -> Ca
 # and finding its parameters' shapes traces a forward pass (~1 s more): together more than loading
 # the compiled program from XLA's cache. So jax.export keeps each traced step (StableHLO, a program
 # per phase) in the XLA cache's folder "traces", named by all that decides it: the spec, the source of
-# the variants package this process imported (bench ab's BASE workers hash their own revision's),
-# the libraries' versions, batch, chunk, dtype, precision, XLA options and platform. The weights are
+# the variants package this process imported (bench ab's BASE workers hash their own revision's) and
+# of this module, the libraries' versions, batch, chunk, dtype, precision, XLA options and platform. The weights are
 # arguments, not part of it: a cached session draws them by name from the seed as variants.build does.
 TRACE_FOLDER = "traces"
 TRACE_CACHE_MAX_BYTES = 256 * 1024**2  # the ladder's 10 steps take ~4 MB; the files used longest ago go first
@@ -137,11 +137,13 @@ jax.export.register_pytree_node_serialization(
 
 
 @functools.lru_cache(maxsize=1)
-def _variants_source_digest() -> str:
+def _source_digest() -> str:
+    """A hash of the source a trace comes from: the variants package this process imported, and this
+    module (the state's split into donated leaves and the rest is traced with the step)."""
     import variants
 
     h = hashlib.blake2b(digest_size=16)
-    for path in sorted(Path(variants.__file__).parent.rglob("*.py")):
+    for path in [*sorted(Path(variants.__file__).parent.rglob("*.py")), Path(__file__)]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
@@ -154,7 +156,7 @@ def _trace_file(spec, batch: int, chunk_frames: int, dtype: str, precision: str,
     if folder is None:
         return None
     versions = [importlib.metadata.version(lib) for lib in ("jax", "jaxlib", "flax")]
-    text = repr((repr(spec), _variants_source_digest(), versions, batch, chunk_frames, dtype, precision,
+    text = repr((repr(spec), _source_digest(), versions, batch, chunk_frames, dtype, precision,
                  sorted(compiler_options.items()), platform, jax.config.jax_enable_x64))
     return folder / TRACE_FOLDER / f"step-{hashlib.blake2b(text.encode(), digest_size=16).hexdigest()}.jaxexport"
 
