@@ -14,6 +14,7 @@ record's runtime_options says how many programs came from it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -231,15 +232,19 @@ def _save_traces(path: Path, exported: list) -> str:
         with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:
             f.write(b"".join(struct.pack("<Q", len(blob)) + blob for blob in blobs))
         os.replace(f.name, path)
-        files = sorted(path.parent.glob("*.jaxexport"), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in files)
-        for old in files[:-1]:
-            if total <= TRACE_CACHE_MAX_BYTES:
-                break
-            total -= old.stat().st_size
-            old.unlink(missing_ok=True)
     except Exception as e:  # noqa: BLE001 - a cache that cannot be written (read-only, full) only costs time
         return f"the step traced (not cached: {type(e).__name__}: {e})"
+    files = []  # (last used, bytes, path); another worker may be pruning the same folder
+    for file in path.parent.glob("*.jaxexport"):
+        with contextlib.suppress(OSError):
+            files.append((file.stat().st_mtime, file.stat().st_size, file))
+    total = sum(size for _, size, _ in files)
+    for _, size, file in sorted(files)[:-1]:
+        if total <= TRACE_CACHE_MAX_BYTES:
+            break
+        total -= size
+        with contextlib.suppress(OSError):
+            file.unlink()
     return f"the step traced and saved to {path.name} (jax.export)"
 
 
