@@ -8,8 +8,9 @@ the state tree with None where the other holds a leaf.
 
 XLA's persistent compilation cache (BENCH_XLA_CACHE: a folder, default
 ~/.cache/practical-conformer-bench/xla; "off" compiles every time) keeps compiled steps between
-runs, as the ONNX export cache keeps graphs: a later run's compile_s is the trace and a load. The
-record's runtime_options says how many programs came from it.
+runs, as the ONNX export cache keeps graphs, and the traced step (jax.export) beside them: a later
+run's compile_s is two loads. The record's runtime_options says how many programs came from it, and
+whether the trace did.
 """
 
 from __future__ import annotations
@@ -124,8 +125,9 @@ def donating_step(step_fn: Callable, compiler_options: dict | None = None) -> Ca
 # the compiled program from XLA's cache. So jax.export keeps each traced step (StableHLO, a program
 # per phase) in the XLA cache's folder "traces", named by all that decides it: the spec, the source of
 # the variants package this process imported (bench ab's BASE workers hash their own revision's) and
-# of this module, the libraries' versions, batch, chunk, dtype, precision, XLA options and platform. The weights are
-# arguments, not part of it: a cached session draws them by name from the seed as variants.build does.
+# of this module, the libraries' versions, batch, chunk, dtype, precision, XLA options and platform.
+# The weights are arguments, not part of it: a cached session draws them by name from the seed, as
+# variants.build does.
 TRACE_FOLDER = "traces"
 TRACE_CACHE_MAX_BYTES = 256 * 1024**2  # the ladder's 10 steps take ~4 MB; the files used longest ago go first
 
