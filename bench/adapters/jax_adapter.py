@@ -273,17 +273,18 @@ class JaxSession:
         t0 = time.perf_counter()
         trace_file = _trace_file(spec, batch, chunk_frames, dtype, precision, self.compiler_options,
                                  native_device.platform)
+        # the input chunk, placed and typed as the encoder's to_native does
+        self.x = jax.device_put(jnp.asarray(random_frames(batch, chunk_frames, spec.input_dim), jnp.dtype(dtype)),
+                                native_device)
         exported = _read_traces(trace_file)
         self.params = exported and _initial_params(exported[0], seed, native_device)
         if self.params is not None:
-            self.x = jax.device_put(jnp.asarray(random_frames(batch, chunk_frames, spec.input_dim), jnp.dtype(dtype)),
-                                    native_device)
             traces, zero_start = f"the step's trace loaded from {trace_file.name} (jax.export)", True
         else:
             t_build = time.perf_counter()
             enc = self.encoder
             t0 += time.perf_counter() - t_build  # building the model (its weights) is not compiling it
-            self.params, self.x = enc.params, enc.to_native(random_frames(batch, chunk_frames, spec.input_dim))
+            self.params = enc.params
             exported, zero_start, traces = self._export(enc, trace_file)
         # the exported program runs both ways, so a later run's compile is a cache hit
         self._jitted, self._zeros = (_exported_step(exported, self.compiler_options, native_device) if exported
@@ -304,15 +305,16 @@ class JaxSession:
     def _export(self, enc, trace_file: Path | None) -> tuple[list | None, bool, str]:
         """(the step exported for each phase, or None where JAX cannot export it; whether its state
         starts at zero; what happened, for runtime_options), kept in `trace_file` where that is right."""
+        initial = enc.init_state(self.batch)
         try:
             # jax.export's name for the platform ("cuda" or "rocm" where a device says "gpu")
             platform = jax.extend.backend.get_backend(self.native_device.platform).platform
             exported = _export_phases(donating_step(enc.step_fn, self.compiler_options), self.params, self.x,
-                                      split_state(enc.init_state(self.batch)), platform)
+                                      split_state(initial), platform)
         except Exception as e:  # noqa: BLE001 - a step JAX cannot export still runs, traced each time
             return None, False, f"the step traced (not exported: {type(e).__name__}: {e})"
         # a cached session starts from zeros without building the model: kept only where that is right
-        if any(bool(jnp.any(a)) for a in array_leaves(enc.init_state(self.batch))):
+        if any(bool(jnp.any(a)) for a in array_leaves(initial)):
             return exported, False, "the step traced (not cached: its initial state is not all zeros)"
         return exported, True, "the step traced" if trace_file is None else _save_traces(trace_file, exported)
 
