@@ -203,8 +203,8 @@ def test_a_jax_step_donates_the_state_it_adds_to_and_keeps_the_caches_it_shifts(
     np.testing.assert_allclose(y, expected_y, atol=1e-5, rtol=0)
     got, expected = dict(named_arrays(jax_adapter.merge_state(*new_state))), dict(named_arrays(expected_state))
     assert got.keys() == expected.keys()
-    for path, array in expected.items():
-        np.testing.assert_allclose(got[path], array, atol=1e-5, rtol=0)
+    for path, array in expected.items():  # the Performer's sums reach ~10: float32 rounding is relative
+        np.testing.assert_allclose(got[path], array, atol=1e-5, rtol=1e-5)
 
 
 def test_a_step_compiled_once_is_loaded_from_xlas_persistent_cache_by_the_next_session():
