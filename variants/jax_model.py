@@ -16,12 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from variants import schedule
-from variants.spec import EncoderSpec, SecondPassSpec
+from variants.spec import FAVOR_EPS, LN_EPS, RELU_EPS, EncoderSpec, SecondPassSpec
 from variants.state import StackBuffer
-
-LN_EPS = 1e-5
-FAVOR_EPS = 1e-6  # added to softmax-kernel features (FAVOR+ reference value)
-RELU_EPS = 1e-3  # added to ReLU-kernel features (FAVOR+ reference value)
 
 jax.tree_util.register_dataclass(StackBuffer, data_fields=["frames"], meta_fields=["count"])
 
@@ -246,19 +242,20 @@ class LocalAttention(nn.Module):
 def favor_features(x, projection, kernel: str, is_query: bool):
     """phi(x) for x [B, T, H, dh] (already scaled by dh^-1/4) with projection [m, dh] -> [B, T, H, m].
 
-    softmax kernel: m^-1/2 (exp(w.x - |x|^2/2 - c) + eps). For queries c is the per-token max over
-    features: a per-query factor that cancels between numerator and denominator, so it is causal.
-    For keys c = 0: w.x - |x|^2/2 <= |w|^2/2, so the features are bounded by exp(|w|^2/2) and need
-    no data-dependent stabilizer (the reference codes' max over the whole time axis cannot stream).
+    softmax kernel: m^-1/2 (exp(w.x - |x|^2/2 - c) + eps). For keys c = 0: w.x - |x|^2/2 <= |w|^2/2,
+    so the features are bounded by exp(|w|^2/2) and need no data-dependent stabilizer (the reference
+    codes' max over the whole time axis cannot stream). For queries c is the per-token max over
+    features, which takes |x|^2/2 with it: exp(w.x - max w.x), and without m^-1/2, a constant that
+    cancels between numerator and denominator as c does. Queries are read only there, so the output
+    is the same with 5 fewer ops per block (ONNX nodes; no step got measurably faster, +-2%).
     """
     m = projection.shape[0]
     wx = jnp.matmul(x, projection.T)
     if kernel == "relu":
         return jax.nn.relu(wx) * float(m) ** -0.5 + RELU_EPS
-    logits = wx - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
     if is_query:
-        logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    return (jnp.exp(logits) + FAVOR_EPS) * float(m) ** -0.5
+        return jnp.exp(wx - jax.lax.stop_gradient(jnp.max(wx, axis=-1, keepdims=True))) + FAVOR_EPS
+    return (jnp.exp(wx - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)) + FAVOR_EPS) * float(m) ** -0.5
 
 
 def favor_prefix_sum(pq, pk, v):

@@ -18,6 +18,10 @@ PERFORMER_KERNELS = ("softmax", "relu")
 SUBLAYERS = ("ffn", "conv", "mhsa", "norm")
 # FF -> Conv -> MHSA -> FF -> LN: the block order summaries of the paper give (the abstract does not).
 DEFAULT_BLOCK_ORDER = ("ffn", "conv", "mhsa", "ffn", "norm")
+# The numerics both models compute with (variants.jax_model and variants.torch_model read them here).
+LN_EPS = 1e-5
+FAVOR_EPS = 1e-6  # added to softmax-kernel features (FAVOR+ reference value)
+RELU_EPS = 1e-3  # added to ReLU-kernel features (FAVOR+ reference value)
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from variants import schedule
-from variants.spec import EncoderSpec, SecondPassSpec
+from variants.spec import FAVOR_EPS, LN_EPS, RELU_EPS, EncoderSpec, SecondPassSpec
 from variants.state import StackBuffer
-
-LN_EPS = 1e-5
-FAVOR_EPS = 1e-6
-RELU_EPS = 1e-3
 
 FRAME_OPS = schedule.FrameOps(
     concat=lambda tensors: torch.cat(tensors, dim=1),
@@ -234,17 +230,15 @@ class LocalAttention(nn.Module):
 def favor_features(x, projection, kernel: str, is_query: bool):
     """phi(x) for x [B, T, H, dh] (scaled by dh^-1/4), projection [m, dh] -> [B, T, H, m].
 
-    Same stabilizer as the JAX model: per-token max for queries (cancels), none for keys (bounded
-    by exp(|w|^2/2)).
+    The same features as the JAX model's (its docstring says why queries drop two factors).
     """
     m = projection.shape[0]
     wx = torch.matmul(x, projection.t())
     if kernel == "relu":
         return F.relu(wx) / math.sqrt(m) + RELU_EPS
-    logits = wx - 0.5 * torch.sum(x * x, dim=-1, keepdim=True)
     if is_query:
-        logits = logits - torch.amax(logits, dim=-1, keepdim=True).detach()
-    return (torch.exp(logits) + FAVOR_EPS) / math.sqrt(m)
+        return torch.exp(wx - torch.amax(wx, dim=-1, keepdim=True).detach()) + FAVOR_EPS
+    return (torch.exp(wx - 0.5 * torch.sum(x * x, dim=-1, keepdim=True)) + FAVOR_EPS) / math.sqrt(m)
 
 
 def favor_prefix_sum(pq, pk, v):
